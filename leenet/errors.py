@@ -1,0 +1,21 @@
+"""The one exception type users see: a problem with their input, with the fix in its text."""
+
+
+class LeenetError(Exception):
+    """Bad input or state the user can fix. The CLI prints ``error: <message>`` and exits 2.
+
+    Raise it (or a subclass) with a one-line message that says what is wrong *and* how to
+    fix it, e.g. ``unknown dataset 'cifar' (valid: digits, fashion-mnist, cifar10)``.
+    """
+
+
+class DataError(LeenetError):
+    """A dataset is missing, corrupt, empty or does not fit the model."""
+
+
+class ExitPointError(LeenetError):
+    """An exit point name is unknown or does not cut the network at a single tensor."""
+
+
+class CheckpointError(LeenetError):
+    """A checkpoint file is missing, corrupt, of another version or for another model."""
