@@ -1,0 +1,66 @@
+"""From a backbone to a complete, costed :class:`~leenet.model.ExitNet` in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from leenet.cost import exit_costs
+from leenet.errors import LeenetError
+from leenet.heads import GateConfig
+from leenet.model import ExitNet
+from leenet.split import split_backbone
+
+
+def attach_exits(
+    backbone: nn.Module | Sequence[nn.Module],
+    exit_points: Sequence[str] | None = None,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    head: str = "pool",
+    gate_config: GateConfig | None = None,
+    threshold: float = 0.5,
+) -> ExitNet:
+    """Cut ``backbone`` at ``exit_points`` and attach a head and a gate after each cut.
+
+    Args:
+        backbone: a ``torch.fx``-traceable classifier, or an explicit list of stages whose
+            composition is the classifier (then ``exit_points`` only names the exits).
+        exit_points: module names to exit after, in execution order, e.g.
+            ``["layer1", "layer2", "layer3"]``.
+        input_shape: one image's shape ``(C, H, W)`` at the size the network will see;
+            FLOPs are counted at this size.
+        num_classes: number of classes of the backbone's classifier.
+        head: ``"pool"``, ``"sdn"`` or ``"flatten"`` (see :func:`leenet.heads.make_head`).
+        gate_config: what the gates see and their width.
+        threshold: gate probability at or above which a sample exits.
+
+    Returns:
+        An ExitNet on the backbone's device with ``cost`` filled in; heads and gates untrained.
+    """
+    if isinstance(backbone, nn.Module):
+        if not exit_points:
+            raise LeenetError("give at least one exit point (a module name such as 'layer2')")
+        stages = split_backbone(backbone, list(exit_points))
+        names = [*exit_points, "final"]
+    else:
+        stages = list(backbone)
+        if len(stages) < 2:
+            raise LeenetError("an explicit list of stages needs at least two stages (one early exit)")
+        names = [*(exit_points or [f"stage{i}" for i in range(len(stages) - 1)]), "final"]
+        if len(names) != len(stages):
+            raise LeenetError(f"{len(stages)} stages need {len(stages) - 1} exit names, got {len(names) - 1}")
+    param = next((p for s in stages for p in s.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    example = torch.zeros(1, *input_shape, device=device)
+    net = ExitNet.from_stages(
+        stages, num_classes=num_classes, example_input=example, head=head,
+        gate_config=gate_config, exit_names=names, threshold=threshold,
+    ).to(device)
+    costs = exit_costs(net, example)
+    net.cost.copy_(costs.relative.to(net.cost))
+    net.backbone_flops.fill_(costs.backbone_flops)
+    return net

@@ -1,0 +1,125 @@
+"""Versioned checkpoints: a plain dict of tensors and JSON-able config, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from leenet.build import attach_exits
+from leenet.errors import CheckpointError, LeenetError
+from leenet.heads import GateConfig
+from leenet.model import ExitNet
+
+FORMAT = "leenet.exitnet"
+VERSION = 1
+_REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold")
+
+
+def save_checkpoint(
+    path: str | Path, net: ExitNet, spec: Mapping, *, gate_bank: Mapping[float, nn.ModuleList] | None = None
+) -> Path:
+    """Write ``net`` with the spec needed to rebuild it.
+
+    Args:
+        path: file to write (written to a temporary name, then renamed: never half-written).
+        net: the network (its gates are the selected ones).
+        spec: JSON-able build settings: ``arch``, ``exits``, ``num_classes``,
+            ``input_shape``, ``head``, ``gate`` (GateConfig fields), ``threshold``; anything
+            else (dataset, normalization, alpha) is kept as metadata.
+        gate_bank: gates trained for other alphas, so a user can switch without retraining.
+    """
+    missing = [k for k in _REQUIRED if k not in spec]
+    if missing:
+        raise LeenetError(f"checkpoint spec lacks {', '.join(missing)}")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": dict(spec),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "backbone_state": {k: v.detach().cpu() for k, v in net.backbone_state_dict().items()},
+        "gate_bank": {
+            repr(float(alpha)): {k: v.detach().cpu() for k, v in gates.state_dict().items()}
+            for alpha, gates in (gate_bank or {}).items()
+        },
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint dict without building anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: pass the model.pt of a finished run")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason}): rerun `leenet run`") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a LEENet checkpoint (a plain state dict? load it as a backbone with --weights)"
+        )
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this LEENet reads version {VERSION}: "
+            "use the LEENet release that wrote it or rerun the pipeline"
+        )
+    spec = payload.get("spec")
+    if not isinstance(spec, dict) or any(k not in spec for k in _REQUIRED):
+        raise CheckpointError(f"{path} lacks part of its build spec: the file is damaged; rerun `leenet run`")
+    return payload
+
+
+def load_checkpoint(
+    path: str | Path, *, backbone: nn.Module | None = None, alpha: float | None = None,
+    map_location: str | torch.device = "cpu",
+) -> ExitNet:
+    """Rebuild the ExitNet saved at ``path``.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        backbone: the architecture to rebuild on, for backbones that are not in the zoo
+            (random init is fine: the weights come from the file).
+        alpha: pick the gates trained for this alpha from the file's gate bank instead of
+            the selected ones.
+        map_location: device for the returned network.
+    """
+    from leenet.zoo import build_backbone  # the zoo pulls torchvision: import on demand
+
+    payload = read_checkpoint(path)
+    spec = payload["spec"]
+    if backbone is None:
+        backbone = build_backbone(spec["arch"], num_classes=spec["num_classes"], in_channels=spec["input_shape"][0])
+    net = attach_exits(
+        backbone, spec["exits"], input_shape=spec["input_shape"], num_classes=spec["num_classes"],
+        head=spec["head"], gate_config=GateConfig(**spec["gate"]), threshold=spec["threshold"],
+    )
+    _load_strict(net, payload["state_dict"], path)
+    if alpha is not None:
+        bank = payload.get("gate_bank", {})
+        key = repr(float(alpha))
+        if key not in bank:
+            known = ", ".join(sorted(bank, key=float)) or "none"
+            raise CheckpointError(f"{path} has no gates for alpha={alpha} (it has: {known})")
+        _load_strict(net.gates, bank[key], path)
+    return net.to(map_location).eval()
+
+
+def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(
+            f"{path} does not fit the model it describes ({detail[:160]}): it was written for "
+            "another backbone; pass the matching --arch/backbone"
+        ) from None

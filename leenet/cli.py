@@ -1,0 +1,178 @@
+"""The `leenet` command: parse, build a config, call one library function, write the artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from leenet.errors import LeenetError
+
+EPILOG = """examples:
+  leenet run                                   # digits + small CNN, ~2 min on 2 CPU cores
+  leenet run --dataset fashion-mnist --epochs 15 --out runs/fmnist
+  leenet run --dataset cifar10 --arch resnet50_cifar --data-dir ~/data --download
+  leenet run --max-drop 0.005                  # cheapest policy losing <= 0.5 accuracy points
+  leenet run --target-cost 0.5                 # best policy at <= 50% of the backbone's FLOPs
+  leenet exits --arch resnet50                 # where a backbone can be cut
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_run_parser(sub) -> None:
+    p = sub.add_parser(
+        "run", help="train exits and gates, evaluate against baselines, write a run directory",
+        description="Turn a classifier into an early-exit network with a learned exit policy, "
+        "compare it with confidence thresholds, single exits and the oracle, and write "
+        "model.pt, results.json, config.json and report.html into a run directory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="digits", help="digits (default, built in), fashion-mnist, cifar10, "
+                   "cifar100, imagenette, or folder (an ImageFolder tree with train/ and val/)")
+    d.add_argument("--data-dir", help="where the dataset lives (fashion-mnist default: "
+                   "/usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist)")
+    d.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
+    d.add_argument("--calib-size", type=float, default=0.2, help="share (<1) or number (>=1) of training "
+                   "images held out to train gates and pick thresholds (default 0.2)")
+    d.add_argument("--image-size", type=int, help="resize images to this (default: the dataset's size for "
+                   "small backbones, 224 for ImageNet backbones)")
+    d.add_argument("--batch-size", type=int, default=128, help="batch size for training and evaluation")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", help="backbone name (see `leenet backbones`; default depends on the dataset)")
+    m.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1; needs internet) or a "
+                   "file: a state dict or a LEENet model.pt. Without it the backbone is trained here")
+    m.add_argument("--num-classes", type=int, help="replace the backbone's classifier for this many classes")
+    m.add_argument("--transfer", action="store_true", help="with --weights: train only the classifier")
+    m.add_argument("--exits", help="comma-separated module names to exit after, e.g. layer1,layer2,layer3 "
+                   "(see `leenet exits --arch NAME`)")
+    m.add_argument("--head", choices=["pool", "sdn", "flatten"],
+                   help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
+                   "default flatten for digits, pool otherwise")
+    m.add_argument("--gate-hidden", type=_positive_int, default=16, help="gate MLP width (0 = logistic)")
+    m.add_argument("--gate-pooled", action="store_true", help="gates also see pooled features")
+    m.add_argument("--no-gate-history", action="store_true", help="gates see only their own exit's confidence")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_positive_int, help="backbone epochs (default per dataset; 0 = use weights as is)")
+    t.add_argument("--lr", type=float, default=0.05, help="backbone peak learning rate (SGD, one-cycle)")
+    t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default per dataset)")
+    t.add_argument("--objective", default="soft", choices=["soft", "hard"],
+                   help="gate objective: soft = expected loss (default), hard = balanced BCE on each sample's best exit")
+    t.add_argument("--loss", default="ce", choices=["ce", "error"], help="per-exit loss: cross-entropy (default) or 0-1 error")
+    t.add_argument("--gate-steps", type=_positive_int, default=300, help="gate optimizer steps per alpha")
+    p_ = p.add_argument_group("policy")
+    p_.add_argument("--alphas", default="0:1:0.05", help="alphas to sweep: a list 0,0.1,0.5 or start:stop:step")
+    p_.add_argument("--alpha", type=float, help="alpha whose gates model.pt keeps (default: the cheapest "
+                    "within 0.5 pt of the backbone on calibration)")
+    p_.add_argument("--target-cost", type=float, help="budget: mean cost <= C of the backbone's FLOPs (e.g. 0.5)")
+    p_.add_argument("--max-drop", type=float, help="budget: lose at most D accuracy (fraction: 0.005 = 0.5 pt)")
+    o = p.add_argument_group("run")
+    o.add_argument("--seed", type=int, default=0, help="random seed")
+    o.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
+    o.add_argument("--out", help="run directory (default runs/<dataset>-<arch>-<time>)")
+    o.add_argument("--overwrite", action="store_true", help="allow replacing the results in --out")
+    o.add_argument("--no-timing", action="store_true", help="skip the wall-clock measurement")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leenet", description="LEENet: early-exit networks with a learned exit policy.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_parser(sub)
+    sub.add_parser("backbones", help="list the backbones in the registry with their default exits")
+    sub.add_parser("datasets", help="list the datasets LEENet can load")
+    e = sub.add_parser("exits", help="list the valid exit points of a backbone")
+    e.add_argument("--arch", required=True, help="backbone name")
+    r = sub.add_parser("report", help="re-render report.html from a run directory's results.json")
+    r.add_argument("run_dir", help="a run directory")
+    return parser
+
+
+def run_config_from_args(args: argparse.Namespace):
+    """The :class:`~leenet.config.RunConfig` an argument namespace describes."""
+    from leenet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_alphas
+    from leenet.heads import GateConfig
+    from leenet.train import GateTrainConfig
+
+    gate = GateConfig(hidden=args.gate_hidden, history=not args.no_gate_history, pooled=args.gate_pooled)
+    exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
+    return RunConfig(
+        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                        calib_size=args.calib_size, image_size=args.image_size, batch_size=args.batch_size),
+        model=ModelConfig(arch=args.arch, exits=exits, head=args.head, gate=gate, weights=args.weights,
+                          num_classes=args.num_classes, transfer=args.transfer),
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, head_epochs=args.head_epochs,
+                          gates=GateTrainConfig(objective=args.objective, loss=args.loss, steps=max(args.gate_steps, 1))),
+        alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
+        max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
+        overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,
+    )
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "run":
+        from leenet.pipeline import run
+        from leenet.report import summary_table
+
+        results = run(run_config_from_args(args), log=lambda m: print(m, file=sys.stderr))
+        print(summary_table(results))
+        if "budget" in results:
+            print(("budget: " if results["budget"]["reachable"] else "budget UNREACHABLE: ")
+                  + results["budget"]["message"])
+    elif args.command == "backbones":
+        from leenet.zoo import BACKBONES
+
+        for name, info in BACKBONES.items():
+            print(f"{name:20s} exits {','.join(info.default_exits):45s} {info.description}")
+    elif args.command == "datasets":
+        from leenet.data import dataset_names
+
+        print("\n".join(dataset_names()))
+    elif args.command == "exits":
+        from leenet.split import valid_exit_points
+        from leenet.zoo import build_backbone, get_backbone_info
+
+        info = get_backbone_info(args.arch)
+        print(f"default: {','.join(info.default_exits)}")
+        print("valid:   " + ", ".join(valid_exit_points(build_backbone(args.arch, num_classes=10))))
+    elif args.command == "report":
+        from leenet.report import write_report
+
+        path = Path(args.run_dir) / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LeenetError(f"cannot read {path} ({exc.__class__.__name__}): pass a finished run directory") from None
+        print(write_report(results, Path(args.run_dir)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leenet` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        _dispatch(args)
+    except LeenetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

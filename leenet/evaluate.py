@@ -1,0 +1,190 @@
+"""Policy sweeps, operating points and budgets, chosen on calibration and reported on test.
+
+Every candidate policy is evaluated on both cached splits. Choices (which alpha, which
+threshold) only ever look at the calibration numbers; the test numbers are what gets
+reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from leenet.errors import LeenetError
+from leenet.heads import GateConfig
+from leenet.policies import (
+    CachedOutputs,
+    PolicyResult,
+    confidence_scores,
+    first_exit,
+    gate_probabilities,
+    oracle_exits,
+    summarize,
+    threshold_exits,
+    threshold_grid,
+)
+
+COST_BUDGETS = (0.25, 0.5, 0.75, 1.0)
+ACCURACY_DROPS = (0.005, 0.01)
+DECISION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 … 0.90
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One policy setting, measured on the calibration and the test split."""
+
+    method: str  # "leenet", "max_softmax", "entropy", "single_exit" or "oracle"
+    param: float | int | None  # alpha, confidence threshold, exit index, or None
+    calib: PolicyResult
+    test: PolicyResult
+    threshold: float | None = None  # LEENet's gate decision threshold
+
+    def as_dict(self) -> dict:
+        entry = {"method": self.method, "param": self.param, **self.test.as_dict()}
+        if self.threshold is not None:
+            entry["threshold"] = self.threshold
+        entry["calib"] = self.calib.as_dict()
+        return entry
+
+
+class Evaluator:
+    """Measures policies on a calibration and a test cache with the same exit costs."""
+
+    def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor) -> None:
+        self.calib, self.test = calib, test
+        self.cost = cost.detach().float().cpu()
+        self._correct = (calib.correct, test.correct)
+
+    def _measure(self, calib_exits: Tensor, test_exits: Tensor) -> tuple[PolicyResult, PolicyResult]:
+        return (
+            summarize(calib_exits, self._correct[0], self.cost),
+            summarize(test_exits, self._correct[1], self.cost),
+        )
+
+    def leenet(
+        self, alpha: float, gates: nn.ModuleList, config: GateConfig,
+        thresholds: Sequence[float] = (0.5,),
+    ) -> list[Candidate]:
+        """The learned gates for one alpha, at each decision threshold."""
+        p_calib = gate_probabilities(gates, self.calib.gate_inputs(config))
+        p_test = gate_probabilities(gates, self.test.gate_inputs(config))
+        return [
+            Candidate("leenet", alpha, *self._measure(first_exit(p_calib >= t), first_exit(p_test >= t)), threshold=t)
+            for t in thresholds
+        ]
+
+    def confidence(self, kind: str) -> list[Candidate]:
+        """A confidence-threshold baseline over a grid of thresholds set from calibration scores."""
+        s_calib = confidence_scores(self.calib.logits, kind)
+        s_test = confidence_scores(self.test.logits, kind)
+        return [
+            Candidate(kind, t, *self._measure(threshold_exits(s_calib, t), threshold_exits(s_test, t)))
+            for t in threshold_grid(s_calib)
+        ]
+
+    def single_exits(self) -> list[Candidate]:
+        """Every sample leaves at exit ``i``, for each ``i``."""
+        n_calib, n_test = len(self.calib.labels), len(self.test.labels)
+        return [
+            Candidate("single_exit", i, *self._measure(
+                torch.full((n_calib,), i, dtype=torch.long), torch.full((n_test,), i, dtype=torch.long)))
+            for i in range(len(self.cost))
+        ]
+
+    def oracle(self) -> Candidate:
+        """Each sample leaves at the cheapest exit that gets it right (a bound, not a policy)."""
+        return Candidate("oracle", None, *self._measure(
+            oracle_exits(self._correct[0]), oracle_exits(self._correct[1])))
+
+
+def best_within_cost(candidates: Iterable[Candidate], max_cost: float) -> Candidate | None:
+    """Most accurate candidate on calibration whose calibration cost is at most ``max_cost``."""
+    fits = [c for c in candidates if c.calib.cost <= max_cost + 1e-9]
+    return max(fits, key=lambda c: (c.calib.accuracy, -c.calib.cost), default=None)
+
+
+def cheapest_within_drop(
+    candidates: Iterable[Candidate], reference: float, max_drop: float
+) -> Candidate | None:
+    """Cheapest candidate on calibration losing at most ``max_drop`` accuracy vs ``reference``."""
+    fits = [c for c in candidates if c.calib.accuracy >= reference - max_drop - 1e-9]
+    return min(fits, key=lambda c: (c.calib.cost, -c.calib.accuracy), default=None)
+
+
+def operating_points(
+    families: dict[str, list[Candidate]], calib_reference: float, test_reference: float
+) -> list[dict]:
+    """Accuracy at fixed FLOPs budgets and cost at fixed accuracy drops, for each method.
+
+    Args:
+        families: method name → its candidates (LEENet with its decision thresholds).
+        calib_reference, test_reference: the full backbone's accuracy on each split.
+    """
+    points = []
+    for method, candidates in families.items():
+        for budget in COST_BUDGETS:
+            chosen = best_within_cost(candidates, budget)
+            points.append(_point(f"accuracy at <= {budget:.0%} FLOPs", "max_cost", budget, method,
+                                 chosen, chosen is not None and chosen.test.cost <= budget + 1e-9))
+        for drop in ACCURACY_DROPS:
+            chosen = cheapest_within_drop(candidates, calib_reference, drop)
+            held = chosen is not None and chosen.test.accuracy >= test_reference - drop - 1e-9
+            points.append(_point(f"cost at <= {drop * 100:g} pt drop", "max_drop", drop, method, chosen, held))
+    return points
+
+
+def _point(name: str, kind: str, target: float, method: str, chosen: Candidate | None, held: bool) -> dict:
+    point = {"name": name, "kind": kind, "target": target, "method": method, "reachable": chosen is not None}
+    if chosen is not None:
+        point.update(chosen.as_dict())
+        point["met_on_test"] = held
+    return point
+
+
+def find_budget(
+    candidates: list[Candidate], *, target_cost: float | None = None, max_drop: float | None = None,
+    calib_reference: float, test_reference: float,
+) -> dict:
+    """Choose the LEENet setting (alpha, decision threshold) that meets a budget on calibration.
+
+    Exactly one of ``target_cost`` (mean cost ≤ this fraction of backbone FLOPs) or
+    ``max_drop`` (accuracy ≥ backbone accuracy − this, as a fraction) must be given.
+    Returns a dict saying what was chosen, its calibration and test figures, whether the
+    budget held on test, and a plain message; an unreachable budget says so.
+    """
+    if (target_cost is None) == (max_drop is None):
+        raise LeenetError("give exactly one budget: --target-cost C or --max-drop D")
+    if target_cost is not None:
+        if not target_cost > 0:
+            raise LeenetError(f"--target-cost must be a positive fraction of the backbone's FLOPs, got {target_cost}")
+        chosen, kind, target = best_within_cost(candidates, target_cost), "target_cost", target_cost
+    else:
+        if not 0 <= max_drop < 1:
+            raise LeenetError(f"--max-drop must be an accuracy fraction in [0, 1), e.g. 0.005, got {max_drop}")
+        chosen, kind, target = cheapest_within_drop(candidates, calib_reference, max_drop), "max_drop", max_drop
+    budget = {"kind": kind, "target": target, "reachable": chosen is not None}
+    if chosen is None:
+        cheapest = min(c.calib.cost for c in candidates)
+        best = max(c.calib.accuracy for c in candidates)
+        budget["message"] = (
+            f"unreachable on the calibration split: the cheapest LEENet setting costs {cheapest:.3f} "
+            f"and the most accurate reaches {best:.2%} (backbone {calib_reference:.2%}); "
+            "relax the budget, add earlier exits or use stronger heads"
+        )
+        return budget
+    if kind == "target_cost":
+        held = chosen.test.cost <= target + 1e-9
+    else:
+        held = chosen.test.accuracy >= test_reference - target - 1e-9
+    budget.update(alpha=chosen.param, threshold=chosen.threshold, calib=chosen.calib.as_dict(),
+                  test=chosen.test.as_dict(), met_on_test=held)
+    budget["message"] = (
+        f"alpha={chosen.param:g}, threshold={chosen.threshold:g}: calibration accuracy "
+        f"{chosen.calib.accuracy:.2%} at cost {chosen.calib.cost:.3f}; test accuracy "
+        f"{chosen.test.accuracy:.2%} at cost {chosen.test.cost:.3f}; budget "
+        f"{'held' if held else 'NOT held'} on test"
+    )
+    return budget

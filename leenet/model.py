@@ -1,0 +1,200 @@
+"""ExitNet: a backbone cut into stages, with an exit head and a gate after each early stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from leenet.errors import LeenetError
+from leenet.heads import GateConfig, gate_features, global_pool, make_gates, make_head
+
+
+@dataclass
+class ExitOutputs:
+    """Everything :meth:`ExitNet.forward_all` computes for a batch.
+
+    Attributes:
+        logits: (B, E, C) logits of every exit; the last is the backbone's own classifier.
+        gate_p: (B, E-1) each gate's probability of exiting at its exit.
+        pooled: E-1 tensors (B, D_i), globally pooled features at each early exit.
+    """
+
+    logits: Tensor
+    gate_p: Tensor
+    pooled: list[Tensor]
+
+
+class ExitNet(nn.Module):
+    """A multi-exit network with a learned, per-sample exit policy.
+
+    ``stages[i]`` maps the previous stage's output to the next; the last stage returns the
+    backbone's logits. ``heads[i]`` and ``gates[i]`` sit after ``stages[i]`` for every
+    stage but the last. A sample leaves at the first exit whose gate probability is at least
+    ``threshold``; samples no gate lets out leave at the final exit.
+
+    Args:
+        stages: E modules; composed in order they are the backbone.
+        heads: E-1 modules, features → logits (B, C).
+        gates: E-1 :class:`~leenet.heads.Gate` modules.
+        exit_names: E names, one per exit (the last is usually ``"final"``).
+        gate_config: the inputs the gates were built for.
+        threshold: gate probability at or above which a sample exits.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        heads: Sequence[nn.Module],
+        gates: Sequence[nn.Module],
+        *,
+        exit_names: Sequence[str],
+        gate_config: GateConfig,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not (len(stages) - 1 == len(heads) == len(gates) == len(exit_names) - 1):
+            raise LeenetError(
+                f"an ExitNet needs E stages, E-1 heads, E-1 gates and E exit names; got "
+                f"{len(stages)}, {len(heads)}, {len(gates)}, {len(exit_names)}"
+            )
+        self.stages = nn.ModuleList(stages)
+        self.heads = nn.ModuleList(heads)
+        self.gates = nn.ModuleList(gates)
+        self.exit_names = list(exit_names)
+        self.gate_config = gate_config
+        self.threshold = float(threshold)
+        # Relative cost of each exit (see leenet.cost); filled in by the builder.
+        self.register_buffer("cost", torch.zeros(len(stages)))
+        # FLOPs of the plain backbone for one image; cost * backbone_flops = exit FLOPs.
+        self.register_buffer("backbone_flops", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.stages)
+
+    @classmethod
+    def from_stages(
+        cls,
+        stages: Sequence[nn.Module],
+        *,
+        num_classes: int,
+        example_input: Tensor,
+        head: str = "pool",
+        gate_config: GateConfig | None = None,
+        exit_names: Sequence[str] | None = None,
+        threshold: float = 0.5,
+    ) -> ExitNet:
+        """Attach heads and gates sized from one forward pass of ``example_input`` (1, C, H, W)."""
+        gate_config = gate_config or GateConfig()
+        shapes = _stage_output_shapes(stages, example_input)
+        if shapes[-1] != (num_classes,):
+            raise LeenetError(
+                f"the last stage gives outputs of shape {shapes[-1]} per image, not {num_classes} class "
+                f"logits: pass the backbone's own class count as num_classes"
+            )
+        heads = [make_head(head, shape, num_classes) for shape in shapes[:-1]]
+        gates = make_gates(len(heads), [shape[0] for shape in shapes[:-1]], gate_config)
+        names = list(exit_names) if exit_names else [f"exit{i}" for i in range(len(heads))] + ["final"]
+        return cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold)
+
+    def forward_all(self, x: Tensor) -> ExitOutputs:
+        """Run every stage, head and gate on the whole batch (training, caching, sweeps)."""
+        logits, pooled, gate_p = [], [], []
+        h = x
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i == self.num_exits - 1:
+                logits.append(h)
+                break
+            logits.append(self.heads[i](h))
+            pooled.append(global_pool(h))
+        stacked = torch.stack(logits, dim=1)  # (B, E, C)
+        for i, gate in enumerate(self.gates):
+            inputs = gate_features(stacked[:, i], stacked[:, :i], pooled[i], self.gate_config)
+            gate_p.append(gate(inputs))
+        gate_p_t = torch.stack(gate_p, dim=1) if gate_p else stacked.new_zeros(x.shape[0], 0)
+        return ExitOutputs(stacked, gate_p_t, pooled)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Route each sample of the batch on its own.
+
+        After each stage only the still-active rows go through the head and gate; the rows
+        that leave are written into a preallocated output and dropped from the batch.
+
+        Returns:
+            logits (B, C) from each sample's exit, and exit_index (B,) int64 in [0, E).
+        """
+        batch = x.shape[0]
+        exit_index = torch.full((batch,), self.num_exits - 1, dtype=torch.long, device=x.device)
+        active = torch.arange(batch, device=x.device)  # rows of the batch still running
+        out: Tensor | None = None
+        prev: Tensor | None = None  # (B_active, i, C) earlier exits' logits, for gate history
+        h = x
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            if i == self.num_exits - 1:
+                out = h.new_empty(batch, h.shape[-1]) if out is None else out
+                out[active] = h.to(out.dtype)
+                break
+            logits = self.heads[i](h)  # (B_active, C)
+            if out is None:
+                out = logits.new_empty(batch, logits.shape[-1])
+                prev = logits.new_empty(batch, 0, logits.shape[-1])
+            pooled = global_pool(h) if self.gate_config.pooled else None
+            inputs = gate_features(logits, prev, pooled, self.gate_config)
+            leave = self.gates[i](inputs) >= self.threshold  # (B_active,)
+            out[active[leave]] = logits[leave]
+            exit_index[active[leave]] = i
+            stay = ~leave
+            active, h = active[stay], h[stay]
+            if self.gate_config.history:
+                prev = torch.cat([prev[stay], logits[stay, None]], dim=1)
+            if active.numel() == 0:  # host sync: nothing left to run
+                break
+        return out, exit_index
+
+    def backbone_state_dict(self) -> dict[str, Tensor]:
+        """The plain backbone's state dict (stage module names are the backbone's own).
+
+        Raises:
+            LeenetError: two stages hold different tensors under one name, as hand-cut
+                ``nn.Sequential`` stages do (``0.weight`` in each): the backbone's own names
+                are only known for a backbone split by :func:`leenet.split.split_backbone`.
+        """
+        state: dict[str, Tensor] = {}
+        for stage in self.stages:
+            for key, value in stage.state_dict().items():
+                if key in state and state[key].data_ptr() != value.data_ptr():
+                    raise LeenetError(
+                        f"stages hold different tensors under the same name {key!r}, so the plain "
+                        "backbone's state dict is unknown: build the network from the backbone "
+                        "module and its exit points, or save net.stages.state_dict() instead"
+                    )
+                state[key] = value
+        return state
+
+
+@torch.no_grad()
+def _stage_output_shapes(stages: Sequence[nn.Module], example_input: Tensor) -> list[tuple[int, ...]]:
+    """Per-sample output shape of each stage for a one-sample input."""
+    modes = [s.training for s in stages]
+    shapes = []
+    h = example_input
+    try:
+        for stage in stages:
+            stage.eval()
+            h = stage(h)
+            shapes.append(tuple(h.shape[1:]))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise LeenetError(
+            f"the backbone failed on an input of shape {tuple(example_input.shape)} ({first}): "
+            "check the image size and channel count the model expects"
+        ) from None
+    finally:
+        for stage, mode in zip(stages, modes):
+            stage.train(mode)
+    return shapes

@@ -1,0 +1,315 @@
+"""`leenet run` as a library call: data → backbone → exits → heads → gates → evaluation → artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from leenet import __version__
+from leenet.build import attach_exits
+from leenet.checkpoint import save_checkpoint
+from leenet.config import RunConfig
+from leenet.cost import FLOPS_CONVENTION
+from leenet.errors import DataError, LeenetError
+from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
+from leenet.model import ExitNet
+from leenet.policies import CachedOutputs
+from leenet.train import collect_outputs, freeze_, train_classifier, train_gates, train_heads
+
+# Per dataset: the backbone used when --arch is not given and how long things train.
+DATASET_DEFAULTS = {
+    # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
+    "digits": {"arch": "digits_cnn", "epochs": 40, "head_epochs": 30, "head": "flatten"},
+    "fashion-mnist": {"arch": "small_resnet", "epochs": 15, "head_epochs": 6, "head": "pool"},
+    "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool"},
+    "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool"},
+    "imagenette": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool"},
+    "folder": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool"},
+}
+DEFAULT_MAX_DROP = 0.005  # how the saved model's alpha is chosen when none is asked for
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LeenetError("--device cuda but no CUDA device is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def prepare_out_dir(config: RunConfig, arch: str) -> Path:
+    """The run directory; refuses to overwrite an earlier run's results unless asked to."""
+    if config.out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{config.data.dataset}-{arch}-{stamp}"
+    else:
+        out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise LeenetError(f"--out {out} is a file: choose a directory path")
+    if (out / "results.json").exists() and not config.overwrite:
+        raise LeenetError(f"{out} already holds a run's results: choose another --out, or add --overwrite")
+    return out
+
+
+class _Timer:
+    """Wall-clock seconds per pipeline phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
+    """Run the whole pipeline and write every artifact into the run directory.
+
+    Returns:
+        The results dict that was written to ``results.json``.
+    """
+    from leenet import data, zoo  # heavy imports (torchvision) only when a run starts
+
+    timer = _Timer()
+    device = resolve_device(config.device)
+    defaults = DATASET_DEFAULTS.get(config.data.dataset, DATASET_DEFAULTS["folder"])
+    arch = config.model.arch or defaults["arch"]
+    info = zoo.get_backbone_info(arch)
+    out = prepare_out_dir(config, arch)
+    torch.manual_seed(config.seed)
+
+    with timer.phase("data"):
+        splits = _load_data(config, info, data)
+    spec = splits.spec
+    log(f"data: {spec.name}, {len(splits.train)} train / {len(splits.calib)} calibration / "
+        f"{len(splits.test)} test images of {spec.in_channels}x{spec.image_size}x{spec.image_size}, "
+        f"{spec.num_classes} classes")
+    loader = lambda ds, train: data.make_loader(ds, config.data.batch_size, train=train, seed=config.seed)  # noqa: E731
+
+    with timer.phase("backbone"):
+        backbone = _build_backbone(config, arch, spec, zoo).to(device)
+        epochs = _backbone_epochs(config, defaults)
+        if epochs > 0:
+            params = zoo.classifier_parameters(backbone) if config.model.transfer else None
+            if config.model.transfer:
+                freeze_(backbone)
+                for p in params:
+                    p.requires_grad_(True)
+            train_loader = loader(splits.train, True)
+            log(f"backbone: training {arch} for {epochs} epochs on {device}"
+                + (" (classifier only)" if config.model.transfer else ""))
+            train_classifier(backbone, lambda: iter(train_loader), steps_per_epoch=len(train_loader),
+                             epochs=epochs, lr=config.train.lr, params=params, device=device,
+                             progress=config.progress)
+        freeze_(backbone)
+
+    input_shape = (spec.in_channels, spec.image_size, spec.image_size)
+    exits = list(config.model.exits or info.default_exits)
+    head = config.model.head or defaults["head"]
+    net = attach_exits(backbone, exits, input_shape=input_shape, num_classes=spec.num_classes,
+                       head=head, gate_config=config.model.gate).to(device)
+    log("exits: " + ", ".join(f"{n} (cost {c:.3f})" for n, c in zip(net.exit_names, net.cost.tolist())))
+
+    with timer.phase("heads"):
+        head_epochs = config.train.head_epochs if config.train.head_epochs is not None else defaults["head_epochs"]
+        train_loader = loader(splits.train, True)
+        train_heads(net, lambda: iter(train_loader), steps_per_epoch=len(train_loader), epochs=head_epochs,
+                    lr=config.train.head_lr, device=device, progress=config.progress)
+
+    with timer.phase("cache"):
+        calib = _cache(net, loader(splits.calib, False), device, config.progress, "calibration")
+        test = _cache(net, loader(splits.test, False), device, config.progress, "test")
+
+    with timer.phase("gates"):
+        bank = _gate_bank(net, calib, config)
+
+    with timer.phase("evaluate"):
+        results, chosen = _evaluate(net, calib, test, bank, config)
+        net.gates.load_state_dict(bank[chosen["alpha"]].state_dict())
+        net.threshold = chosen["threshold"]
+        results["routed_check"] = _routed_check(net, loader(splits.test, False), device, results["selected"])
+
+    if config.timing:
+        with timer.phase("wall_clock"):
+            from leenet.timing import measure_wall_clock
+
+            images = torch.cat([x for x, _ in _take(loader(splits.test, False), 256)]).to(device)
+            results["wall_clock"] = measure_wall_clock(net, images)
+            results["wall_clock"]["flops_speedup"] = 1.0 / max(results["selected"]["cost"], 1e-9)
+
+    results.update(_describe(config, arch, spec, splits, net, test, exits))
+    results["timings"] = timer.seconds
+    _write_artifacts(out, net, results, config, arch, head, input_shape, spec, bank, chosen)
+    log(f"wrote {out}/results.json, model.pt and report.html")
+    return results
+
+
+def _load_data(config: RunConfig, info, data):
+    image_size = config.data.image_size or (info.input_size if info.input_size >= 64 else None)
+    pretrained = config.model.weights is not None and _is_enum_name(config.model.weights)
+    norm = {"mean": _IMAGENET_MEAN, "std": _IMAGENET_STD} if pretrained and info.imagenet_normalization else {}
+    calib = config.data.calib_size
+    calib = int(calib) if calib >= 1 else calib
+    return data.load_dataset(config.data.dataset, data_dir=config.data.data_dir, download=config.data.download,
+                             calib_size=calib, seed=config.seed, image_size=image_size, **norm)
+
+
+def _is_enum_name(weights: str) -> bool:
+    return not Path(weights).suffix and not Path(weights).exists() and weights.replace("_", "").isalnum()
+
+
+def _build_backbone(config: RunConfig, arch: str, spec, zoo):
+    num_classes = config.model.num_classes or spec.num_classes
+    if num_classes != spec.num_classes:
+        raise DataError(
+            f"--num-classes {num_classes} but {spec.name} has {spec.num_classes} classes: "
+            f"use --num-classes {spec.num_classes}"
+        )
+    return zoo.build_backbone(arch, num_classes=num_classes, in_channels=spec.in_channels,
+                              weights=config.model.weights)
+
+
+def _backbone_epochs(config: RunConfig, defaults: dict) -> int:
+    if config.train.epochs is not None:
+        return config.train.epochs
+    if config.model.weights is None or config.model.transfer:
+        return defaults["epochs"]
+    return 0
+
+
+def _cache(net: ExitNet, loader, device, progress: bool, name: str) -> CachedOutputs:
+    return collect_outputs(net, loader, total=len(loader), device=device, progress=progress,
+                           desc=f"caching {name} exits")
+
+
+def _gate_bank(net: ExitNet, calib: CachedOutputs, config: RunConfig) -> dict[float, torch.nn.ModuleList]:
+    from tqdm.auto import tqdm
+
+    inputs = calib.gate_inputs(net.gate_config)
+    bank = {}
+    for alpha in tqdm(config.alphas, desc="gates over alphas", leave=False, disable=not config.progress):
+        bank[alpha] = train_gates(net, calib, alpha, config.train.gates, seed=config.seed, inputs=inputs)
+    return bank
+
+
+def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dict, config: RunConfig):
+    """All policies on both splits; the saved model's alpha and threshold chosen on calibration."""
+    ev = Evaluator(calib, test, net.cost)
+    family, curve = [], []
+    for alpha, gates in bank.items():
+        candidates = ev.leenet(alpha, gates, net.gate_config, DECISION_THRESHOLDS)
+        family += candidates
+        curve += [c for c in candidates if c.threshold == net.threshold]
+    max_softmax, entropy = ev.confidence("max_softmax"), ev.confidence("entropy")
+    singles, oracle = ev.single_exits(), ev.oracle()
+    refs = {"calib_reference": singles[-1].calib.accuracy, "test_reference": singles[-1].test.accuracy}
+    results = {
+        "policies": [c.as_dict() for c in [*curve, *max_softmax, *entropy, *singles, oracle]],
+        "operating_points": operating_points(
+            {"leenet": family, "max_softmax": max_softmax, "entropy": entropy}, *refs.values()),
+    }
+    chosen = None
+    if config.target_cost is not None or config.max_drop is not None:
+        budget = find_budget(family, target_cost=config.target_cost, max_drop=config.max_drop, **refs)
+        results["budget"] = budget
+        if budget["reachable"]:
+            chosen = {"alpha": budget["alpha"], "threshold": budget["threshold"], "reason": "budget: " + budget["message"]}
+    if chosen is None and config.alpha is not None:
+        chosen = {"alpha": config.alpha, "threshold": net.threshold, "reason": f"alpha={config.alpha:g} from --alpha"}
+    if chosen is None:
+        default = find_budget(curve, max_drop=DEFAULT_MAX_DROP, **refs)
+        alpha = default["alpha"] if default["reachable"] else min(bank)
+        chosen = {"alpha": alpha, "threshold": net.threshold,
+                  "reason": f"cheapest alpha within {DEFAULT_MAX_DROP * 100:g} pt of the backbone on calibration"}
+    pick = next(c for c in family if c.param == chosen["alpha"] and c.threshold == chosen["threshold"])
+    results["selected"] = {**pick.as_dict(), "reason": chosen["reason"]}
+    return results, chosen
+
+
+@torch.no_grad()
+def _routed_check(net: ExitNet, loader, device, selected: dict) -> dict:
+    """Run the real routed forward on the test split and compare with the simulated policy."""
+    net.eval()
+    hits, counts, total = 0, torch.zeros(net.num_exits), 0
+    for x, y in loader:
+        logits, exit_index = net(x.to(device))
+        hits += int((logits.argmax(-1).cpu() == y).sum())
+        counts += torch.bincount(exit_index.cpu(), minlength=net.num_exits).float()
+        total += len(y)
+    accuracy, cost = hits / total, float((counts / total * net.cost.cpu()).sum())
+    # The simulation summed in float32: agree to well under one sample in a million.
+    same = math.isclose(accuracy, selected["accuracy"], abs_tol=1e-6) and math.isclose(
+        cost, selected["cost"], rel_tol=1e-5)
+    return {"accuracy": accuracy, "cost": cost, "exit_fractions": (counts / total).tolist(),
+            "matches_simulation": same}
+
+
+def _take(loader, count: int):
+    seen = 0
+    for x, y in loader:
+        if seen >= count:
+            break
+        yield x[: count - seen], y[: count - seen]
+        seen += len(x)
+
+
+def _describe(config: RunConfig, arch: str, spec, splits, net: ExitNet, test: CachedOutputs, exits) -> dict:
+    correct = test.correct.float().mean(0).tolist()
+    flops = float(net.backbone_flops)
+    return {
+        "leenet_version": __version__,
+        "dataset": spec.name,
+        "dataset_info": {"num_classes": spec.num_classes,
+                         "image_shape": [spec.in_channels, spec.image_size, spec.image_size],
+                         "num_train": len(splits.train), "num_calib": len(splits.calib), "num_test": len(splits.test)},
+        "backbone": {"name": arch, "accuracy": correct[-1], "flops": int(flops), "macs": int(flops // 2)},
+        "flops_convention": FLOPS_CONVENTION,
+        "exits": [{"name": name, "cost": c, "accuracy": acc, "flops": int(round(c * flops))}
+                  for name, c, acc in zip(net.exit_names, net.cost.tolist(), correct)],
+        "config": config.to_dict(),
+    }
+
+
+def _write_artifacts(out: Path, net: ExitNet, results: dict, config: RunConfig, arch: str, head: str,
+                     input_shape, spec, bank: dict, chosen: dict) -> None:
+    from leenet.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    build_spec = {
+        "arch": arch, "exits": net.exit_names[:-1], "num_classes": spec.num_classes,
+        "input_shape": list(input_shape), "head": head,
+        "gate": dict(vars(config.model.gate)), "threshold": net.threshold,
+        "alpha": chosen["alpha"], "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
+    }
+    save_checkpoint(out / "model.pt", net, build_spec, gate_bank=bank)
+    _write_json(out / "config.json", config.to_dict())
+    write_report(results, out)
+    _write_json(out / "results.json", results)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

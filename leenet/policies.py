@@ -1,0 +1,152 @@
+"""Exit policies simulated on cached per-exit outputs: learned gates, thresholds, oracle.
+
+Running the backbone once per split and caching every exit's logits turns every policy
+evaluation into a few vectorized tensor operations, so sweeps over dozens of alphas or
+thresholds cost milliseconds. ``N`` samples, ``E`` exits, ``C`` classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from leenet.errors import LeenetError
+from leenet.heads import GateConfig, gate_features
+
+SCORE_KINDS = ("max_softmax", "entropy")
+NEVER_EXIT = 1.01  # a confidence threshold above every score in [0, 1]
+
+
+@dataclass
+class CachedOutputs:
+    """Every exit's output on one split, computed once with the backbone frozen.
+
+    Attributes:
+        logits: (N, E, C) logits of each exit.
+        pooled: E-1 tensors (N, D_i), pooled features at each early exit.
+        labels: (N,) int64.
+    """
+
+    logits: Tensor
+    pooled: list[Tensor]
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.logits.shape[0] == 0:
+            raise LeenetError("no samples to evaluate: the split is empty; use a larger dataset")
+        if not torch.isfinite(self.logits).all():
+            raise LeenetError(
+                "the network produced NaN or infinite logits: check the input normalization "
+                "and the weights (a diverged training run gives this)"
+            )
+
+    @property
+    def correct(self) -> Tensor:
+        """(N, E) bool: whether each exit's prediction is right."""
+        return self.logits.argmax(-1) == self.labels[:, None]
+
+    def gate_inputs(self, config: GateConfig) -> list[Tensor]:
+        """Inputs of every gate, exactly as the routed forward pass builds them."""
+        return [
+            gate_features(self.logits[:, i], self.logits[:, :i], self.pooled[i], config)
+            for i in range(self.logits.shape[1] - 1)
+        ]
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """Outcome of one exit policy on one split."""
+
+    accuracy: float
+    cost: float  # mean cost, relative to the backbone's FLOPs
+    exit_fractions: tuple[float, ...]  # fraction of samples leaving at each exit
+
+    def as_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "cost": self.cost,
+            "exit_fractions": list(self.exit_fractions),
+        }
+
+
+def first_exit(leave: Tensor) -> Tensor:
+    """Index of the first exit a sample leaves at.
+
+    Args:
+        leave: (N, E-1) bool, whether each early exit would let the sample go.
+
+    Returns:
+        (N,) int64; E-1 (the final exit) where no early exit fires.
+    """
+    padded = F.pad(leave, (0, 1), value=True)  # the final exit always fires
+    return padded.int().argmax(dim=1)  # first True
+
+
+def summarize(exit_index: Tensor, correct: Tensor, cost: Tensor) -> PolicyResult:
+    """Accuracy, mean cost and exit fractions of per-sample exit choices.
+
+    Args:
+        exit_index: (N,) int64.
+        correct: (N, E) bool.
+        cost: (E,) relative cost of each exit.
+    """
+    right = correct.gather(1, exit_index[:, None]).float().mean()
+    mean_cost = cost.to(exit_index.device)[exit_index].float().mean()
+    fractions = torch.bincount(exit_index, minlength=correct.shape[1]).float() / len(exit_index)
+    return PolicyResult(float(right), float(mean_cost), tuple(float(f) for f in fractions))
+
+
+@torch.no_grad()
+def gate_probabilities(gates: Sequence[nn.Module], inputs: Sequence[Tensor]) -> Tensor:
+    """(N, E-1) probabilities of a set of gates on cached gate inputs."""
+    if not gates:
+        return torch.zeros(inputs[0].shape[0] if inputs else 0, 0)
+    return torch.stack([gate(x) for gate, x in zip(gates, inputs)], dim=1)
+
+
+def confidence_scores(logits: Tensor, kind: str) -> Tensor:
+    """(N, E, C) → (N, E) confidence, higher = surer.
+
+    ``max_softmax`` is the largest softmax probability (SDN, ``earlyon``); ``entropy`` is
+    one minus the entropy divided by log C (BranchyNet exits when entropy is low).
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    if kind == "max_softmax":
+        return log_p.max(-1).values.exp()
+    if kind == "entropy":
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return 1.0 - entropy / math.log(max(logits.shape[-1], 2))
+    raise LeenetError(f"unknown confidence score '{kind}' (valid: {', '.join(SCORE_KINDS)})")
+
+
+def threshold_exits(scores: Tensor, threshold: float) -> Tensor:
+    """Leave at the first early exit whose confidence is at least ``threshold``.
+
+    Args:
+        scores: (N, E) confidence of each exit (the last column is ignored).
+    """
+    return first_exit(scores[:, :-1] >= threshold)
+
+
+def threshold_grid(scores: Tensor, count: int = 41) -> list[float]:
+    """Thresholds spread over the quantiles of the early exits' scores, plus never-exit.
+
+    Scores lie in [0, 1], so the last threshold, :data:`NEVER_EXIT`, sends every sample to
+    the final exit.
+    """
+    early = scores[:, :-1].flatten().float()
+    if early.numel() == 0:
+        return [NEVER_EXIT]
+    quantiles = torch.quantile(early[:200_000], torch.linspace(0.0, 1.0, count - 1))
+    values = sorted({round(float(q), 6) for q in quantiles})
+    return values + [NEVER_EXIT]
+
+
+def oracle_exits(correct: Tensor) -> Tensor:
+    """Cheapest exit that is right; samples no exit gets right leave at the first exit."""
+    return correct.int().argmax(dim=1)  # first True, or 0 if none

@@ -1,0 +1,228 @@
+"""Training: the backbone (when none is given), the exit heads, and the exit gates."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from leenet.errors import LeenetError
+from leenet.model import ExitNet
+from leenet.objective import balanced_bce, check_alpha, exit_losses, expected_exit_loss, hard_exit_targets
+from leenet.policies import CachedOutputs
+
+Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]  # a fresh pass over a split
+OBJECTIVES = ("hard", "soft")
+
+
+@dataclass(frozen=True)
+class GateTrainConfig:
+    """How gates are fit on cached calibration outputs."""
+
+    objective: str = "soft"  # "soft": expected loss; "hard": balanced BCE on per-sample best exits
+    loss: str = "ce"  # per-exit loss l_i: "ce" (cross-entropy) or "error" (0-1)
+    steps: int = 300  # full-batch Adam steps per alpha
+    lr: float = 0.01  # Adam learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay of the gate MLPs
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise LeenetError(f"unknown gate objective '{self.objective}' (valid: {', '.join(OBJECTIVES)})")
+        if self.steps < 1 or self.lr <= 0:
+            raise LeenetError("gate training needs steps >= 1 and lr > 0")
+
+
+def freeze_(module: nn.Module) -> nn.Module:
+    """Freeze a module: no gradients, and BatchNorm/Dropout in eval mode."""
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def _check_loss(loss: Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise LeenetError(
+            f"{what} loss became {float(loss)}: lower the learning rate or check the inputs for NaNs"
+        )
+
+
+def train_classifier(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float = 0.05,
+    weight_decay: float = 5e-4,
+    params: Sequence[nn.Parameter] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[float]:
+    """Train a classifier with SGD + Nesterov momentum and a one-cycle schedule.
+
+    Args:
+        model: maps (B, C, H, W) → (B, K).
+        batches: returns a fresh (augmented, shuffled) pass over the training split.
+        steps_per_epoch: batches per pass, for the schedule.
+        epochs: passes over the data.
+        params: the parameters to train (default: all); the rest stay as they are.
+
+    Returns:
+        Mean training loss of each epoch.
+    """
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.15
+    )
+    history = []
+    model.train()
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        bar = _progress(batches(), steps_per_epoch, f"backbone epoch {epoch + 1}/{epochs}", progress)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            _check_loss(loss, "backbone")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule.last_epoch < schedule.total_steps - 1:
+                schedule.step()
+            total, count = total + float(loss.detach()), count + 1
+        history.append(total / max(count, 1))
+    model.eval()
+    return history
+
+
+def train_heads(
+    net: ExitNet,
+    batches: Batches,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[float]:
+    """Train every exit head in one pass with the backbone frozen.
+
+    The stages get ``requires_grad_(False)`` and stay in eval mode (BatchNorm statistics are
+    not touched); one AdamW optimizer with a cosine schedule serves all heads.
+
+    Returns:
+        Mean summed head loss of each epoch.
+    """
+    for stage in net.stages:
+        freeze_(stage)
+    params = [p for head in net.heads for p in head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    history = []
+    net.heads.train()
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for x, y in _progress(batches(), steps_per_epoch, f"heads epoch {epoch + 1}/{epochs}", progress):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = _heads_loss(net, x, y)
+            _check_loss(loss, "head")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + float(loss.detach()), count + 1
+        history.append(total / max(count, 1))
+    net.heads.eval()
+    return history
+
+
+def _heads_loss(net: ExitNet, x: Tensor, y: Tensor) -> Tensor:
+    """Sum of the early heads' cross-entropies; the frozen stages run without autograd."""
+    loss = x.new_zeros(())
+    h = x
+    for i, head in enumerate(net.heads):
+        with torch.no_grad():
+            h = net.stages[i](h)
+        loss = loss + F.cross_entropy(head(h), y)
+    return loss
+
+
+@torch.no_grad()
+def collect_outputs(
+    net: ExitNet, batches: Iterable[tuple[Tensor, Tensor]], *, total: int | None = None,
+    device: torch.device | str = "cpu", progress: bool = True, desc: str = "caching exits",
+) -> CachedOutputs:
+    """Run the frozen network once over a split and keep every exit's outputs (on the CPU)."""
+    was_training = net.training
+    net.eval()
+    logits, pooled, labels = [], [], []
+    for x, y in _progress(batches, total or 0, desc, progress):
+        out = net.forward_all(x.to(device, non_blocking=True))
+        logits.append(out.logits.float().cpu())
+        pooled.append([p.float().cpu() for p in out.pooled])
+        labels.append(y.cpu())
+    net.train(was_training)
+    if not logits:
+        raise LeenetError(f"{desc}: the split is empty; use a larger dataset or a smaller calibration split")
+    per_exit = [torch.cat([batch[i] for batch in pooled]) for i in range(len(pooled[0]))]
+    return CachedOutputs(torch.cat(logits), per_exit, torch.cat(labels))
+
+
+def train_gates(
+    net: ExitNet, cache: CachedOutputs, alpha: float, config: GateTrainConfig = GateTrainConfig(),
+    *, seed: int = 0, inputs: Sequence[Tensor] | None = None,
+) -> nn.ModuleList:
+    """Fit a fresh copy of ``net``'s gates for one ``alpha`` on cached calibration outputs.
+
+    Args:
+        net: supplies the gate architecture and the exit costs (``net.cost``).
+        cache: outputs of the frozen network on the calibration split.
+        alpha: weight of compute against error, in [0, 1].
+        config: objective, loss and optimizer settings.
+        seed: seeds the gates' initialization.
+        inputs: precomputed ``cache.gate_inputs(net.gate_config)`` (saves time in sweeps).
+
+    Returns:
+        The trained gates, in eval mode; ``net`` itself is not modified.
+    """
+    alpha = check_alpha(alpha)
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    torch.manual_seed(seed)
+    gates = copy.deepcopy(net.gates).cpu()
+    for gate, x in zip(gates, inputs):
+        _reset(gate)
+        gate.fit_input_stats(x)
+    if not len(gates):
+        return gates.eval()
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)  # (N, E)
+    cost = net.cost.detach().float().cpu()
+    targets = hard_exit_targets(losses, cost, alpha) if config.objective == "hard" else None
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gates.train()
+    for _ in range(config.steps):
+        scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
+        if targets is not None:
+            loss = balanced_bce(scores, targets)
+        else:
+            loss = expected_exit_loss(torch.sigmoid(scores), losses, cost, alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return gates.eval()
+
+
+def _reset(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+

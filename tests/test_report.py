@@ -1,0 +1,210 @@
+"""Tests for leenet.report: plots are real PNGs, the HTML has its sections and escapes, the summary has its rows."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
+from leenet import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXIT_NAMES = ["block1", "block2", "block3", "final"]
+EXIT_COSTS = [0.22, 0.48, 0.74, 1.004]
+EXIT_ACCS = [0.712, 0.884, 0.951, 0.975]
+
+
+def _curve_point(method: str, param: float | None, cost: float, with_std: bool) -> dict:
+    """A plausible policy entry: accuracy saturates with cost, mass moves to later exits."""
+    accuracy = 0.975 - 0.27 * math.exp(-7.5 * (cost - 0.22)) + (0.004 if method == "leenet" else 0.0)
+    late = min(max((cost - 0.22) / 0.784, 0.0), 1.0)
+    weights = [(1 - late) ** 2, 2 * late * (1 - late) * 0.6, 2 * late * (1 - late) * 0.4, late**2]
+    point = {"method": method, "param": param, "accuracy": min(accuracy, 0.978), "cost": cost,
+             "exit_fractions": [w / sum(weights) for w in weights]}
+    if with_std:
+        point.update(accuracy_std=0.003 + 0.002 * (1 - late), cost_std=0.01)
+    return point
+
+
+def make_results(*, optional: bool = True, with_std: bool = False, n_alphas: int = 11) -> dict:
+    """A realistic fake ``results.json`` dict: 4 exits, an alpha sweep, two threshold sweeps, oracle."""
+    alphas = [round(i / (n_alphas - 1), 3) for i in range(n_alphas)]
+    policies = [_curve_point("leenet", a, 1.004 - 0.76 * a**0.7, with_std) for a in alphas]
+    policies += [_curve_point("max_softmax", round(0.5 + 0.05 * i, 2), 0.22 + 0.0784 * i, False) for i in range(11)]
+    policies += [_curve_point("entropy", round(0.05 * i, 2), 0.25 + 0.075 * i, False) for i in range(11)]
+    policies += [{"method": "single_exit", "param": i, "accuracy": a, "cost": c,
+                  "exit_fractions": [float(j == i) for j in range(4)]}
+                 for i, (a, c) in enumerate(zip(EXIT_ACCS, EXIT_COSTS))]
+    policies.append({"method": "oracle", "param": None, "accuracy": 0.991, "cost": 0.31,
+                     "exit_fractions": [0.71, 0.17, 0.07, 0.05]})
+    results = {
+        "leenet_version": "0.1.0",
+        "dataset": "digits",
+        "backbone": {"name": "digits_cnn", "accuracy": 0.975, "flops": 1_234_567, "macs": 617_283},
+        "exits": [{"name": n, "cost": c, "accuracy": a, "flops": int(c * 1_234_567)}
+                  for n, c, a in zip(EXIT_NAMES, EXIT_COSTS, EXIT_ACCS)],
+        "policies": policies,
+        "timings": {"backbone": 12.3, "heads": 4.5, "gates": 1.2, "evaluate": 2.0},
+    }
+    if optional:
+        selected = next(p for p in policies if p["method"] == "leenet" and p["param"] == alphas[3])
+        results.update(
+            dataset_info={"num_classes": 10, "image_shape": [1, 8, 8], "num_train": 1150, "num_calib": 287,
+                          "num_test": 360},
+            flops_convention="flops = 2 x multiply-adds",
+            selected={**selected, "reason": f"alpha={alphas[3]} (from --alpha)"},
+            budget={"kind": "max_drop", "target": 0.005, "alpha": 0.35, "threshold": 0.5,
+                    "calib": {"accuracy": 0.972, "cost": 0.52}, "test": {"accuracy": 0.971, "cost": 0.53},
+                    "met_on_test": True, "reachable": True, "message": "alpha=0.35: budget held on test"},
+            operating_points=[{"name": "accuracy at <= 50% FLOPs", "method": "leenet", "param": 0.4,
+                               "accuracy": 0.9655, "cost": 0.47, "met_on_test": True},
+                              {"name": "accuracy at <= 25% FLOPs", "method": "leenet", "reachable": False}],
+            wall_clock={"device": "cpu", "throughput_batch": 256, "backbone_throughput": 12345.0,
+                        "leenet_throughput": 20000.0, "backbone_latency_ms": 1.2, "leenet_latency_ms": 0.9,
+                        "flops_speedup": 1.8, "measured_speedup": 1.62},
+            config={"model": {"backbone": "digits_cnn", "exits": ["block1", "block2"]}, "seed": 0},
+        )
+    return results
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 5_000
+
+
+@pytest.mark.parametrize("optional", [True, False])
+@pytest.mark.parametrize("with_std", [True, False])
+@pytest.mark.parametrize("plot", [report.plot_tradeoff, report.plot_exit_fractions, report.plot_per_exit_accuracy])
+def test_plots_write_png(tmp_path, plot, optional, with_std):
+    out = plot(make_results(optional=optional, with_std=with_std), tmp_path / "sub" / "plot.png")
+    assert out == tmp_path / "sub" / "plot.png"
+    assert_png(out)
+
+
+def test_tradeoff_without_zoom_when_all_points_are_close(tmp_path):
+    results = make_results()
+    for entry in results["policies"] + results["exits"]:
+        entry["accuracy"] = 0.95 + 0.02 * entry["accuracy"]
+    assert report._zoom_window(results) is None
+    assert report._zoom_window(make_results()) is not None
+    assert_png(report.plot_tradeoff(results, tmp_path / "t.png"))
+
+
+def test_leenet_main_curve_uses_default_gate_threshold():
+    results = make_results()
+    extra = [{**p, "threshold": 0.7, "accuracy": 0.5} for p in results["policies"] if p["method"] == "leenet"]
+    for p in results["policies"]:
+        if p["method"] == "leenet":
+            p["threshold"] = 0.5
+    results["policies"] += extra
+    main = report._policies(results, "leenet")
+    assert len(main) == 11 and all(p["threshold"] == 0.5 for p in main)
+
+
+def test_write_report_full(tmp_path):
+    path = report.write_report(make_results(with_std=True), tmp_path / "out")
+    assert path == tmp_path / "out" / "report.html"
+    for name in ("tradeoff.png", "exit_fractions.png", "per_exit_accuracy.png"):
+        assert_png(tmp_path / "out" / name)
+    page = path.read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 3
+    for text in ("digits_cnn", "97.50%", "1.23 MFLOPs", "Operating points", "accuracy at &lt;= 50% FLOPs",
+                 "unreachable", "Exits", "block3", "Policies", "<details>", "Wall clock", "1.62×",
+                 "Timings", "<th>seconds</th>", "12.30", "20.00", "Config", "&quot;seed&quot;", "met on test", "± "):
+        assert text in page, text
+    assert "<script" not in page and "http" not in page
+
+
+def test_write_report_minimal_omits_optional_sections(tmp_path):
+    page = report.write_report(make_results(optional=False), tmp_path).read_text(encoding="utf-8")
+    for text in ("Operating points", "Wall clock", "Config", "selected accuracy", "budget"):
+        assert text not in page, text
+    assert "Timings" in page and "Policies" in page
+
+
+def test_write_report_budget_unreachable_and_routed_check(tmp_path):
+    results = make_results()
+    results["budget"] = {"kind": "target_cost", "target": 0.1, "reachable": False, "message": "unreachable: relax it"}
+    results["routed_check"] = {"accuracy": 0.97, "cost": 0.6, "matches_simulation": False}
+    page = report.write_report(results, tmp_path).read_text(encoding="utf-8")
+    for text in ("mean cost ≤ 10% FLOPs", "unreachable: relax it", "routed forward", "MISMATCH"):
+        assert text in page, text
+
+
+def test_write_report_without_leenet_policies(tmp_path):
+    results = make_results(optional=False)
+    results["policies"] = [p for p in results["policies"] if p["method"] != "leenet"]
+    page = report.write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert "Where samples leave" not in page
+    assert not (tmp_path / "exit_fractions.png").exists()
+
+
+def test_write_report_escapes_strings(tmp_path):
+    results = make_results()
+    results["dataset"] = "<script>alert(1)</script>"
+    results["exits"][0]["name"] = "<b>x</b>"
+    results["config"]["note"] = "</pre><script>bad()</script>"
+    page = report.write_report(results, tmp_path).read_text(encoding="utf-8")
+    assert "<script" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_summary_table_rows():
+    table = report.summary_table(make_results())
+    lines = table.splitlines()
+    assert lines[0].split() == ["method", "param", "accuracy", "cost"]
+    assert len({len(line) for line in lines}) == 1  # fixed width: the cost column is right-aligned
+    assert lines[2].startswith("backbone") and "97.50%" in lines[2] and "1.000" in lines[2]
+    for name in EXIT_NAMES:
+        assert any(line.startswith("single exit") and name in line for line in lines)
+    assert sum(line.startswith("leenet") for line in lines) == report.MAX_ROWS  # 11 alphas, subsampled
+    assert any("alpha=0.3 *" in line for line in lines)
+    assert sum(line.startswith("max_softmax") for line in lines) == 1
+    assert sum(line.startswith("entropy") for line in lines) == 1
+    assert lines[-1].startswith("oracle") and "99.10%" in lines[-1]
+
+
+def test_summary_table_baseline_is_best_at_selected_cost():
+    results = make_results()
+    line = next(line for line in report.summary_table(results).splitlines() if line.startswith("max_softmax"))
+    budget = results["selected"]["cost"] + 0.01
+    best = max((p for p in results["policies"] if p["method"] == "max_softmax" and p["cost"] <= budget),
+               key=lambda p: p["accuracy"])
+    assert f"t={best['param']:.4g}" in line
+
+
+def test_summary_table_subsamples_alphas_keeping_selected():
+    results = make_results(n_alphas=21)
+    leenet = [p for p in results["policies"] if p["method"] == "leenet"]
+    results["selected"] = {**leenet[7], "reason": "budget"}
+    lines = [line for line in report.summary_table(results).splitlines() if line.startswith("leenet")]
+    assert len(lines) <= report.MAX_ROWS + 1
+    assert any(f"alpha={leenet[7]['param']:.4g} *" in line for line in lines)
+
+
+def test_summary_table_shows_std_and_selected_off_curve():
+    results = make_results(with_std=True)
+    results["selected"] = {"method": "max_softmax", "param": 0.8, "accuracy": 0.96, "cost": 0.5}
+    table = report.summary_table(results)
+    assert "±" in table
+    assert any(line.startswith("max_softmax *") for line in table.splitlines())
+
+
+def test_summary_table_without_selected_uses_mid_curve_cost():
+    results = make_results(optional=False)
+    leenet = sorted((p for p in results["policies"] if p["method"] == "leenet"), key=lambda p: p["cost"])
+    line = next(line for line in report.summary_table(results).splitlines() if line.startswith("entropy"))
+    best = max((p for p in results["policies"] if p["method"] == "entropy" and p["cost"] <= leenet[5]["cost"] + 0.01),
+               key=lambda p: p["accuracy"])
+    assert f"t={best['param']:.4g}" in line and "*" not in report.summary_table(results)
+
+
+def test_inputs_are_not_mutated(tmp_path):
+    results = make_results(with_std=True)
+    before = copy.deepcopy(results)
+    report.write_report(results, tmp_path)
+    report.summary_table(results)
+    assert results == before
