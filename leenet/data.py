@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -160,6 +160,19 @@ def _image_size(image_size: int | None, default: int) -> int:
     return int(image_size)
 
 
+def _with_channels(name: str, raw: ArrayData, channels: int | None) -> ArrayData:
+    """``raw`` with ``channels`` channels: grey repeated to RGB, or a DataError that names the fix."""
+    have = raw.train_x.shape[1]
+    if channels is None or channels == have:
+        return raw
+    if have != 1:
+        raise DataError(f"{name} has {have}-channel images but the backbone's weights expect {channels}: "
+                        f"use weights trained on {have}-channel images, or none")
+    # expand() is a view: the repeated copy is made per batch (or per subset), never for the source
+    rgb = {k: getattr(raw, k).expand(-1, channels, -1, -1) for k in ("train_x", "test_x")}
+    return replace(raw, **rgb, mean=tuple(raw.mean) * channels, std=tuple(raw.std) * channels)
+
+
 def _array_splits(name: str, raw: ArrayData, calib_size: int | float, seed: int,
                   image_size: int | None, mean: Sequence[float] | None,
                   std: Sequence[float] | None) -> Splits:
@@ -192,7 +205,8 @@ def _folder_splits(name: str, raw: FolderData, calib_size: int | float, seed: in
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
                  calib_size: int | float = 0.2, seed: int = 0, image_size: int | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Splits:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 channels: int | None = None) -> Splits:
     """Load a registered dataset as train / calib / test splits.
 
     Args:
@@ -208,6 +222,9 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
         mean: per-channel normalization mean; ``None`` = the dataset's own statistics
             (ImageNet's for the folder datasets). Pass ImageNet's for pretrained backbones.
         std: per-channel normalization standard deviation, as ``mean``.
+        channels: channels the model expects; ``None`` = the dataset's own. Grey images
+            are repeated to 3 channels (for RGB-pretrained backbones); any other mismatch
+            is a DataError.
 
     Raises:
         DataError: unknown name, files missing or corrupt, or a bad argument.
@@ -217,7 +234,11 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     entry = DATASETS[name]
     raw = entry.read(Path(data_dir).expanduser() if data_dir is not None else None, download)
     if isinstance(raw, ArrayData):
+        raw = _with_channels(name, raw, channels)
         return _array_splits(name, raw, calib_size, seed, image_size, mean, std)
+    if channels not in (None, 3):
+        raise DataError(f"{name} yields RGB images but the backbone's weights expect {channels} "
+                        "channels: use weights trained on RGB images, or none")
     size = _image_size(image_size, entry.default_image_size or 224)
     return _folder_splits(name, raw, calib_size, seed, size, mean, std)
 

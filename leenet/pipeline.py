@@ -22,6 +22,7 @@ from leenet.errors import DataError, LeenetError
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
 from leenet.model import ExitNet
 from leenet.policies import CachedOutputs
+from leenet.split import split_backbone
 from leenet.train import collect_outputs, freeze_, train_classifier, train_gates, train_heads
 
 # Per dataset: the backbone used when --arch is not given and how long things train.
@@ -100,6 +101,9 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
 
     with timer.phase("backbone"):
         backbone = _build_backbone(config, arch, spec, zoo).to(device)
+        _check_fits(backbone, arch, spec, device)
+        exits = list(config.model.exits or info.default_exits)
+        stages = split_backbone(backbone, exits)  # bad exit names fail here, before any training
         epochs = _backbone_epochs(config, defaults)
         if epochs > 0:
             params = zoo.classifier_parameters(backbone) if config.model.transfer else None
@@ -116,9 +120,8 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
         freeze_(backbone)
 
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
-    exits = list(config.model.exits or info.default_exits)
     head = config.model.head or defaults["head"]
-    net = attach_exits(backbone, exits, input_shape=input_shape, num_classes=spec.num_classes,
+    net = attach_exits(stages, exits, input_shape=input_shape, num_classes=spec.num_classes,
                        head=head, gate_config=config.model.gate).to(device)
     log("exits: " + ", ".join(f"{n} (cost {c:.3f})" for n, c in zip(net.exit_names, net.cost.tolist())))
 
@@ -157,13 +160,17 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
 
 
 def _load_data(config: RunConfig, info, data):
+    from leenet.zoo import weights_in_channels
+
     image_size = config.data.image_size or (info.input_size if info.input_size >= 64 else None)
     pretrained = config.model.weights is not None and _is_enum_name(config.model.weights)
     norm = {"mean": _IMAGENET_MEAN, "std": _IMAGENET_STD} if pretrained and info.imagenet_normalization else {}
+    # Grey data on RGB weights is repeated to RGB rather than re-cutting the pretrained stem.
+    channels = weights_in_channels(info.name, config.model.weights)
     calib = config.data.calib_size
     calib = int(calib) if calib >= 1 else calib
     return data.load_dataset(config.data.dataset, data_dir=config.data.data_dir, download=config.data.download,
-                             calib_size=calib, seed=config.seed, image_size=image_size, **norm)
+                             calib_size=calib, seed=config.seed, image_size=image_size, channels=channels, **norm)
 
 
 def _is_enum_name(weights: str) -> bool:
@@ -177,8 +184,42 @@ def _build_backbone(config: RunConfig, arch: str, spec, zoo):
             f"--num-classes {num_classes} but {spec.name} has {spec.num_classes} classes: "
             f"use --num-classes {spec.num_classes}"
         )
+    if config.model.transfer and config.model.weights is None:
+        raise LeenetError("--transfer trains only the classifier of pretrained weights: "
+                          "add --weights DEFAULT (or a file), or drop --transfer")
+    member = zoo.torchvision_weights(arch, config.model.weights)
+    if member is not None and len(member.meta["categories"]) != num_classes and not config.model.transfer \
+            and config.train.epochs is None:
+        raise LeenetError(
+            f"--weights {config.model.weights} has {len(member.meta['categories'])} classes, {spec.name} has "
+            f"{num_classes}: the new classifier must be trained; add --transfer (classifier only) or "
+            "--epochs N (fine-tune everything)"
+        )
     return zoo.build_backbone(arch, num_classes=num_classes, in_channels=spec.in_channels,
-                              weights=config.model.weights)
+                              weights=config.model.weights, transfer=config.model.transfer)
+
+
+@torch.no_grad()
+def _check_fits(backbone, arch: str, spec, device) -> None:
+    """One image through the backbone before any training: wrong sizes fail here, in one line."""
+    shape = (1, spec.in_channels, spec.image_size, spec.image_size)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        out = backbone(torch.zeros(shape, device=device))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise DataError(
+            f"{spec.name} images of shape {shape[1:]} do not fit {arch} ({first}): "
+            "pick another --arch or set --image-size"
+        ) from None
+    finally:
+        backbone.train(was_training)
+    if out.dim() != 2 or out.shape[1] != spec.num_classes:
+        raise DataError(
+            f"{arch} gives outputs of shape {tuple(out.shape[1:])} but {spec.name} has {spec.num_classes} "
+            f"classes: pass --num-classes {spec.num_classes}"
+        )
 
 
 def _backbone_epochs(config: RunConfig, defaults: dict) -> int:

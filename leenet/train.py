@@ -17,14 +17,17 @@ from leenet.objective import balanced_bce, check_alpha, exit_losses, expected_ex
 from leenet.policies import CachedOutputs
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]  # a fresh pass over a split
-OBJECTIVES = ("hard", "soft")
+OBJECTIVES = ("hard", "soft", "predict")
+NEVER = 1e4  # a logit shift no gate input overcomes: the gate never fires
 
 
 @dataclass(frozen=True)
 class GateTrainConfig:
     """How gates are fit on cached calibration outputs."""
 
-    objective: str = "soft"  # "soft": expected loss; "hard": balanced BCE on per-sample best exits
+    objective: str = "soft"  # "soft": expected loss; "hard": balanced BCE on per-sample best exits;
+    # "predict": each gate predicts its exit's correctness (alpha-free), then per-exit
+    # thresholds minimizing the calibration objective are set for each alpha
     loss: str = "ce"  # per-exit loss l_i: "ce" (cross-entropy) or "error" (0-1)
     steps: int = 300  # full-batch Adam steps per alpha
     lr: float = 0.01  # Adam learning rate
@@ -85,7 +88,7 @@ def train_classifier(
         optimizer, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.15
     )
     history = []
-    model.train()
+    _train_mode_where_trained(model)
     for epoch in range(epochs):
         total, count = 0.0, 0
         bar = _progress(batches(), steps_per_epoch, f"backbone epoch {epoch + 1}/{epochs}", progress)
@@ -102,6 +105,15 @@ def train_classifier(
         history.append(total / max(count, 1))
     model.eval()
     return history
+
+
+def _train_mode_where_trained(model: nn.Module) -> None:
+    """Train mode, except for modules with parameters all frozen (their BatchNorm stats stay put)."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 def train_heads(
@@ -196,12 +208,11 @@ def train_gates(
         The trained gates, in eval mode; ``net`` itself is not modified.
     """
     alpha = check_alpha(alpha)
+    if config.objective == "predict":
+        predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
+        return gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs)
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
-    torch.manual_seed(seed)
-    gates = copy.deepcopy(net.gates).cpu()
-    for gate, x in zip(gates, inputs):
-        _reset(gate)
-        gate.fit_input_stats(x)
+    gates = _fresh_gates(net, inputs, seed)
     if not len(gates):
         return gates.eval()
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)  # (N, E)
@@ -219,6 +230,114 @@ def train_gates(
         loss.backward()
         optimizer.step()
     return gates.eval()
+
+
+def _fresh_gates(net: ExitNet, inputs: Sequence[Tensor], seed: int) -> nn.ModuleList:
+    torch.manual_seed(seed)
+    gates = copy.deepcopy(net.gates).cpu()
+    for gate, x in zip(gates, inputs):
+        _reset(gate)
+        gate.fit_input_stats(x)
+    return gates
+
+
+def fit_correctness_gates(
+    net: ExitNet, cache: CachedOutputs, config: GateTrainConfig = GateTrainConfig(objective="predict"),
+    *, seed: int = 0, inputs: Sequence[Tensor] | None = None,
+) -> nn.ModuleList:
+    """Fit a copy of ``net``'s gates to predict whether their exit is right (no alpha involved).
+
+    Gate ``i``'s output is then an estimate of P(exit ``i`` is correct | its inputs), a
+    confidence score that may use the history of earlier exits and pooled features.
+    :func:`gates_for_alpha` turns it into exit decisions for any alpha in milliseconds.
+    """
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    gates = _fresh_gates(net, inputs, seed)
+    if len(gates):
+        _fit_predictors(gates, inputs, cache.correct.float(), config)
+    return gates.eval()
+
+
+def gates_for_alpha(
+    net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, alpha: float,
+    config: GateTrainConfig = GateTrainConfig(objective="predict"), *, inputs: Sequence[Tensor] | None = None,
+) -> nn.ModuleList:
+    """Copies of correctness-predicting gates whose 0.5 decision minimizes the objective at ``alpha``.
+
+    At ``alpha = 0`` the gates never fire: early exits that beat the final one on the
+    calibration split rarely do so on new data, and alpha = 0 promises the backbone's accuracy.
+
+    Args:
+        net: supplies the exit costs.
+        predictors: from :func:`fit_correctness_gates`; not modified.
+        cache: calibration outputs the thresholds are chosen on.
+        alpha: weight of compute against error, in [0, 1].
+        config: its ``loss`` is the per-exit loss of the objective.
+        inputs: precomputed ``cache.gate_inputs(net.gate_config)``.
+    """
+    alpha = check_alpha(alpha)
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    gates = copy.deepcopy(predictors)
+    if len(gates) and alpha == 0.0:  # compute is free: every sample runs to the backbone's own exit
+        with torch.no_grad():
+            for gate in gates:
+                gate.mlp[-1].bias.sub_(NEVER)
+    elif len(gates):
+        losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+        _shift_to_objective(gates, inputs, losses, net.cost.detach().float().cpu(), alpha)
+    return gates.eval()
+
+
+def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Tensor,
+                    config: GateTrainConfig) -> None:
+    """Fit each gate's logit to predict whether its exit is right (plain BCE, full batch)."""
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gates.train()
+    for _ in range(config.steps):
+        scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
+        loss = F.binary_cross_entropy_with_logits(scores, correct[:, : scores.shape[1]])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def _shift_to_objective(gates: nn.ModuleList, inputs: Sequence[Tensor], losses: Tensor, cost: Tensor,
+                        alpha: float, grid: int = 64, rounds: int = 3) -> None:
+    """Shift each gate's output bias so that firing at 0.5 minimizes the calibration objective.
+
+    Gate ``i`` fires when its score reaches a threshold ``t_i``; the thresholds minimizing
+    the mean of ``(1 − α) l + α cost`` over the calibration samples are found by a shared
+    threshold on the probability scale, then coordinate descent over each gate's score
+    quantiles (plus always / never firing) (every candidate of one gate evaluated at once). Ties go to the higher
+    threshold, so alpha = 0 never exits a sample early without a gain on calibration.
+    """
+    scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
+    per_exit = (1.0 - alpha) * losses + alpha * cost[None, :]  # (N, E)
+
+    def objective(thresholds: Tensor) -> Tensor:  # (K, E-1) → (K,)
+        leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
+        exits = leave.int().argmax(-1)  # (K, N) first exit that fires
+        return per_exit.gather(1, exits.T).mean(0)
+
+    levels = torch.linspace(-8.0, 8.0, grid)
+    shared = torch.cat([levels, torch.tensor([NEVER])])[:, None].expand(-1, scores.shape[1])
+    best = shared[_last_argmin(objective(shared))].clone()
+    for _ in range(rounds):
+        for i in range(scores.shape[1]):
+            options = torch.quantile(scores[:, i], torch.linspace(0.0, 1.0, grid))
+            options = torch.cat([torch.tensor([-NEVER]), options, torch.tensor([NEVER])])
+            trial = best[None].repeat(len(options), 1)
+            trial[:, i] = options
+            values = objective(trial)
+            best = trial[_last_argmin(values)].clone()
+    for gate, t in zip(gates, best):
+        gate.mlp[-1].bias.sub_(t)
+
+
+def _last_argmin(values: Tensor) -> int:
+    """Index of the last minimum: on ties the highest threshold, the one that exits least."""
+    return len(values) - 1 - int(values.flip(0).argmin())
 
 
 def _reset(module: nn.Module) -> None:

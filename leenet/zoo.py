@@ -249,6 +249,15 @@ def _last_module(model: nn.Module, kind: type, what: str, first: bool = False) -
     return found[0] if first else found[-1]
 
 
+def torchvision_weights(name: str, weights: str | Path | None) -> WeightsEnum | None:
+    """The torchvision weights enum member ``weights`` names for backbone ``name``; None for a file.
+
+    Raises:
+        LeenetError: ``weights`` reads as an enum name the backbone does not have.
+    """
+    return None if weights is None else _weights_member(get_backbone_info(name), weights)
+
+
 def _weights_member(info: BackboneInfo, weights: str | Path) -> WeightsEnum | None:
     """The torchvision enum member ``weights`` names, or None when it names a file."""
     if not isinstance(weights, str) or Path(weights).exists():
@@ -268,6 +277,29 @@ def _weights_member(info: BackboneInfo, weights: str | Path) -> WeightsEnum | No
     return None
 
 
+def weights_in_channels(name: str, weights: str | Path | None) -> int | None:
+    """Input channels that ``weights`` were trained on, to feed the data in that form.
+
+    Returns:
+        3 for torchvision's weights, the first conv's input channels for a state-dict file,
+        None for random init or when the file cannot tell (loading it reports why later).
+    """
+    if weights is None:
+        return None
+    info = get_backbone_info(name)
+    if _weights_member(info, weights) is not None:
+        return 3  # every torchvision classification weight is RGB
+    try:
+        state = read_state_dict(weights)
+    except CheckpointError:
+        return None
+    with torch.device("meta"):  # only the layer names are needed: build without allocating
+        probe = info.builder(1, 3)
+    first_conv = _last_module(probe, nn.Conv2d, "nn.Conv2d", first=True)[0] + ".weight"
+    kernel = state.get(first_conv)
+    return int(kernel.shape[1]) if kernel is not None and kernel.dim() == 4 else None
+
+
 def _load_torchvision_weights(arch: str, weights: WeightsEnum) -> nn.Module:
     """torchvision's ``arch`` with ``weights``, downloaded to the torch hub cache if missing."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -280,8 +312,7 @@ def _load_torchvision_weights(arch: str, weights: WeightsEnum) -> nn.Module:
         except (OSError, http.client.HTTPException, RuntimeError) as exc:
             raise LeenetError(
                 f"cannot download {arch} weights {weights.name} ({_reason(exc)}): no network? fetch "
-                f"{weights.url} elsewhere and put it in {folder}, or pass that file as weights "
-                "(with transfer=True for another class count)"
+                f"{weights.url} elsewhere and put it in {folder}, where the same --weights finds it"
             ) from None
     try:
         return getattr(torchvision.models, arch)(weights=weights)
@@ -344,7 +375,7 @@ def _load_checked(
         built = f"{tuple(theirs.shape)} in the file but {tuple(mine.shape)} in {name}"
         if key.startswith(classifier + "."):
             hint = (f"{built} built for {num_classes} classes: pass --num-classes {theirs.shape[0]} "
-                    "(or transfer=True for a new classifier)")
+                    "(or --transfer, transfer=True, for a new classifier)")
         elif key == first_conv + ".weight":
             hint = f"{built} built for {mine.shape[1]} input channels: pass --in-channels {theirs.shape[1]}"
         else:

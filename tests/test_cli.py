@@ -1,0 +1,163 @@
+"""The `leenet` command end to end on the embedded digits data, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from leenet.checkpoint import load_checkpoint
+from leenet.cli import build_parser, main
+from leenet.config import parse_alphas
+from leenet.errors import LeenetError
+
+FAST = ["--epochs", "12", "--head-epochs", "5", "--batch-size", "64", "--alphas", "0,0.25,0.5,1", "--gate-steps", "30",
+        "--no-timing", "--quiet"]
+REQUIRED_POLICY_KEYS = {"method", "param", "accuracy", "cost", "exit_fractions"}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["run", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_run_writes_every_artifact(digits_run: Path) -> None:
+    for name in ("results.json", "config.json", "model.pt", "report.html", "tradeoff.png"):
+        assert (digits_run / name).stat().st_size > 0, name
+
+
+def test_results_schema(digits_run: Path) -> None:
+    results = json.loads((digits_run / "results.json").read_text())
+    assert results["dataset"] == "digits"
+    assert {"name", "accuracy", "flops"} <= results["backbone"].keys()
+    assert results["backbone"]["flops"] > 0 and 0.5 < results["backbone"]["accuracy"] <= 1
+    costs = [e["cost"] for e in results["exits"]]
+    assert costs == sorted(costs) and costs[-1] > 1.0
+    assert [e["name"] for e in results["exits"]] == ["block1", "block2", "final"]
+    methods = {p["method"] for p in results["policies"]}
+    assert methods == {"leenet", "max_softmax", "entropy", "single_exit", "oracle"}
+    for policy in results["policies"]:
+        assert REQUIRED_POLICY_KEYS <= policy.keys()
+        assert abs(sum(policy["exit_fractions"]) - 1) < 1e-5
+    alphas = sorted(p["param"] for p in results["policies"] if p["method"] == "leenet")
+    assert alphas == [0.0, 0.25, 0.5, 1.0]
+    assert {"backbone", "heads", "gates", "evaluate"} <= results["timings"].keys()
+    assert "multiply-adds" in results["flops_convention"]
+
+
+def test_routed_inference_matches_the_simulated_policy(digits_run: Path) -> None:
+    results = json.loads((digits_run / "results.json").read_text())
+    assert results["routed_check"]["matches_simulation"] is True
+    assert results["routed_check"]["accuracy"] == pytest.approx(results["selected"]["accuracy"], abs=1e-6)
+
+
+def test_checkpoint_reloads_with_the_same_predictions(digits_run: Path) -> None:
+    net = load_checkpoint(digits_run / "model.pt")
+    other = load_checkpoint(digits_run / "model.pt", alpha=1.0)
+    x = torch.randn(16, 1, 8, 8)
+    logits, exits = net(x)
+    again, exits_again = load_checkpoint(digits_run / "model.pt")(x)
+    assert torch.equal(exits, exits_again) and torch.allclose(logits, again)
+    assert (other(x)[1] == 0).all(), "alpha=1 gates send everything to the cheapest exit"
+    payload = torch.load(digits_run / "model.pt", weights_only=True)
+    assert payload["version"] == 1 and "backbone_state" in payload
+
+
+def test_earlier_results_are_never_overwritten(digits_run: Path, capsys) -> None:
+    before = (digits_run / "results.json").read_bytes()
+    assert main(["run", "--out", str(digits_run), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (digits_run / "results.json").read_bytes() == before
+
+
+def test_weights_from_an_earlier_run_skip_backbone_training(digits_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reuse"
+    assert main(["run", "--out", str(out), "--weights", str(digits_run / "model.pt"), *FAST[2:]]) == 0
+    first = json.loads((digits_run / "results.json").read_text())["backbone"]["accuracy"]
+    reused = json.loads((out / "results.json").read_text())
+    assert reused["backbone"]["accuracy"] == pytest.approx(first)
+    assert reused["config"]["model"]["weights"] == str(digits_run / "model.pt")
+
+
+def test_budget_mode_reports_what_it_chose(tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    assert main(["run", "--out", str(out), "--target-cost", "0.5", *FAST]) == 0
+    budget = json.loads((out / "results.json").read_text())["budget"]
+    assert budget["kind"] == "target_cost" and budget["reachable"]
+    assert budget["calib"]["cost"] <= 0.5 and isinstance(budget["met_on_test"], bool)
+
+
+def test_unreachable_budget_is_said_plainly(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "unreachable"
+    assert main(["run", "--out", str(out), "--target-cost", "0.001", *FAST]) == 0
+    assert "UNREACHABLE" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["budget"]["reachable"] is False
+
+
+BAD_INPUTS = [
+    (["--dataset", "cifar"], "digits"),
+    (["--arch", "resnet5"], "resnet50"),
+    (["--exits", "block9"], "block1"),
+    (["--alpha", "1.5"], "[0, 1]"),
+    (["--alphas", "0:2:0.5"], "[0, 1]"),
+    (["--alphas", "a,b"], "0:1:0.05"),
+    (["--alpha", "nan"], "[0, 1]"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"], "--download"),
+    (["--arch", "vgg11", "--image-size", "8"], "--image-size"),
+    (["--target-cost", "0.5", "--max-drop", "0.01"], "not both"),
+    (["--max-drop", "5"], "fraction"),
+]
+
+
+@pytest.mark.parametrize(("args", "hint"), BAD_INPUTS)
+def test_bad_input_gives_one_line_with_the_fix(args: list[str], hint: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bad"
+    assert main(["run", "--out", str(out), *FAST, *args]) == 2  # later flags win
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, err
+    assert hint in errors[0], err
+    assert not (out / "results.json").exists()
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path: Path, capsys) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file at all")
+    assert main(["run", "--out", str(tmp_path / "a"), "--weights", str(corrupt), *FAST]) == 2
+    mismatched = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, mismatched)
+    assert main(["run", "--out", str(tmp_path / "b"), "--weights", str(mismatched), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 2
+    assert "Traceback" not in err
+    with pytest.raises(LeenetError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(LeenetError, match="not a LEENet checkpoint"):
+        load_checkpoint(mismatched)
+
+
+def test_parse_alphas() -> None:
+    assert parse_alphas("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert parse_alphas("0.1, 0.3") == (0.1, 0.3)
+    assert len(parse_alphas("0:1:0.05")) == 21
+
+
+def test_help_teaches(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--dataset", "--data-dir", "--download", "--arch", "--weights", "--exits", "--head",
+                 "--alphas", "--epochs", "--seed", "--device", "--out", "--target-cost", "--max-drop"):
+        assert flag in text
+    assert "examples:" in text
+
+
+def test_listings(capsys) -> None:
+    assert main(["backbones"]) == 0 and "resnet50" in capsys.readouterr().out
+    assert main(["datasets"]) == 0 and "fashion-mnist" in capsys.readouterr().out
+    assert main(["exits", "--arch", "digits_cnn"]) == 0 and "block1" in capsys.readouterr().out

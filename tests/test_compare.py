@@ -1,0 +1,117 @@
+"""Envelope comparison against slow, obviously-correct references."""
+
+import numpy as np
+import pytest
+
+from leenet.compare import envelope_at, envelope_gap, max_neighbour_jump, upper_envelope
+
+
+def _slow_env(points, c):
+    fits = [a for cost, a in points if cost <= c]
+    return max(fits) if fits else 0.0
+
+
+def _random_points(rng, n):
+    return [(float(c), float(a)) for c, a in zip(rng.uniform(0.1, 1.0, n), rng.uniform(0.5, 1.0, n))]
+
+
+def test_upper_envelope_is_the_pareto_staircase():
+    points = [(0.5, 0.9), (0.2, 0.8), (0.3, 0.7), (0.5, 0.85), (0.9, 0.88), (1.0, 0.95), (0.2, 0.6)]
+    assert upper_envelope(points) == [(0.2, 0.8), (0.5, 0.9), (1.0, 0.95)]
+    assert upper_envelope([]) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_envelope_matches_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    points = _random_points(rng, 30)
+    env = upper_envelope(points)
+    grid = np.linspace(0.0, 1.1, 500)
+    assert np.allclose(envelope_at(env, grid), [_slow_env(points, c) for c in grid])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_envelope_gap_matches_dense_integration(seed):
+    rng = np.random.default_rng(seed)
+    a, b = _random_points(rng, 25), _random_points(rng, 25)
+    lo, hi = 0.15, 1.0
+    out = envelope_gap(a, b, lo, hi)
+    n = 200_000
+    grid = lo + (np.arange(n) + 0.5) * (hi - lo) / n
+    gap = np.array([_slow_env(a, c) - _slow_env(b, c) for c in grid[::100]])
+    dense = np.repeat(gap, 100)
+    assert out["area"] == pytest.approx(dense.mean() * (hi - lo), abs=2e-3)
+    assert out["area_below"] == pytest.approx(np.minimum(dense, 0).mean() * (hi - lo), abs=2e-3)
+    assert out["worst_gap"] == pytest.approx(gap.min(), abs=1e-9) or out["worst_gap"] <= gap.min()
+    assert out["worst_gap"] == pytest.approx(_slow_env(a, out["worst_cost"]) - _slow_env(b, out["worst_cost"]))
+    assert out["wins_everywhere"] == (out["worst_gap"] >= 0)
+
+
+def test_envelope_gap_exact_case():
+    a = [(0.2, 0.9), (0.6, 0.95)]
+    b = [(0.2, 0.85), (0.4, 0.97)]
+    out = envelope_gap(a, b, 0.2, 1.0)
+    assert out["area"] == pytest.approx(0.05 * 0.2 - 0.07 * 0.2 - 0.02 * 0.4)
+    assert out["worst_cost"] == pytest.approx(0.4) and out["worst_gap"] == pytest.approx(-0.07)
+    with pytest.raises(ValueError):
+        envelope_gap(a, b, 1.0, 1.0)
+
+
+def test_max_neighbour_jump():
+    assert max_neighbour_jump([1.0, 0.9, 0.5, 0.45]) == pytest.approx(0.4)
+    assert max_neighbour_jump([0.3]) == 0.0
+
+
+def _tiny_cache(tiny_stages, tiny_input):
+    import torch
+
+    from conftest import INPUT_SHAPE, NUM_CLASSES
+    from leenet.heads import GateConfig
+    from leenet.model import ExitNet
+    from leenet.policies import CachedOutputs
+
+    net = ExitNet.from_stages(tiny_stages, num_classes=NUM_CLASSES, example_input=torch.zeros(1, *INPUT_SHAPE),
+                              gate_config=GateConfig(pooled=True))
+    net.cost.copy_(torch.tensor([0.2, 0.45, 0.7, 1.03]))
+    net.eval()
+    with torch.no_grad():
+        out = net.forward_all(tiny_input)
+    labels = torch.where(torch.arange(len(tiny_input)) % 3 == 0, 0, out.logits[:, -1].argmax(-1))
+    return net, CachedOutputs(out.logits, out.pooled, labels)
+
+
+@pytest.mark.parametrize("loss", ["error", "ce"])
+def test_predict_gates_never_lose_on_calibration(tiny_stages, tiny_input, loss):
+    """'predict' gates beat never/always exiting on the calibration objective; alpha = 0 never exits."""
+    import torch
+
+    from leenet.objective import exit_losses
+    from leenet.policies import first_exit, gate_probabilities
+    from leenet.train import GateTrainConfig, fit_correctness_gates, gates_for_alpha, train_gates
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss=loss, steps=50)
+    inputs = cache.gate_inputs(net.gate_config)
+    predictors = fit_correctness_gates(net, cache, config, seed=0, inputs=inputs)
+    losses = exit_losses(cache.logits, cache.labels, loss)
+    for alpha in (0.0, 0.3, 1.0):
+        gates = gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs)
+        exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
+        per_exit = (1 - alpha) * losses + alpha * net.cost[None]
+        value = per_exit.gather(1, exits[:, None]).mean()
+        if alpha == 0.0:  # compute is free: everyone runs to the backbone's exit
+            assert exits.eq(len(net.cost) - 1).all()
+            continue
+        assert value <= per_exit[:, -1].mean() + 1e-6 and value <= per_exit[:, 0].mean() + 1e-6
+        if alpha == 1.0:
+            assert exits.eq(0).all()
+    again = train_gates(net, cache, 0.3, config, seed=0)
+    ref = gates_for_alpha(net, predictors, cache, 0.3, config, inputs=inputs)
+    assert torch.equal(gate_probabilities(again, inputs), gate_probabilities(ref, inputs))
+
+
+def test_envelope_gap_tolerance_counts_nearly_cheapest_points():
+    a, b = [(0.2004, 0.8), (1.0, 0.9)], [(0.2, 0.8), (1.0, 0.9)]
+    assert envelope_gap(a, b, 0.2, 1.0)["worst_gap"] == pytest.approx(-0.8)
+    out = envelope_gap(a, b, 0.2, 1.0, tol=0.001)
+    assert out["worst_gap"] == pytest.approx(0.0) and out["area"] == pytest.approx(0.0)
