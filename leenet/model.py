@@ -146,13 +146,17 @@ class ExitNet(nn.Module):
             pooled = global_pool(h) if self.gate_config.pooled else None
             inputs = gate_features(logits, prev, pooled, self.gate_config)
             leave = self.gates[i](inputs) >= self.threshold  # (B_active,)
-            out[active[leave]] = logits[leave]
-            exit_index[active[leave]] = i
-            stay = ~leave
+            # Leavers first (stable), then one int() -- this exit's only device->host sync:
+            # the batch shrinks to a data-dependent size; every gather below uses indices.
+            order = torch.sort(leave.to(torch.uint8), descending=True, stable=True).indices
+            n_leave = int(leave.sum())
+            go, stay = order[:n_leave], order[n_leave:]
+            out[active[go]] = logits[go]
+            exit_index[active[go]] = i
             active, h = active[stay], h[stay]
             if self.gate_config.history:
                 prev = torch.cat([prev[stay], logits[stay, None]], dim=1)
-            if active.numel() == 0:  # host sync: nothing left to run
+            if active.numel() == 0:  # nothing left to run (a shape the host already knows)
                 break
         return out, exit_index
 
