@@ -36,19 +36,21 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateTrainConfig, fit_correctness_gates, freeze_, gates_for_alpha,  # noqa: E402
+from leenet.train import (GateTrainConfig, correctness_scores, fit_correctness_gates, freeze_, gates_for_alpha,  # noqa: E402
                           train_gates)
 
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
-MAIN_METHODS = ("soft-ce (default)", "predict-error pooled")  # run on every seed; the rest on --lever-seeds
+MAIN_METHODS = ("soft-ce", "predict-error pooled")  # run on every seed; the rest on --lever-seeds
 METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
-    "soft-ce (default)": (GateConfig(), GateTrainConfig()),
+    "soft-ce": (GateConfig(), GateTrainConfig(objective="soft", loss="ce")),
     "soft-error": (GateConfig(), GateTrainConfig(loss="error")),
     "predict-error": (GateConfig(), GateTrainConfig(objective="predict", loss="error")),
     "predict-error no history": (GateConfig(history=False), GateTrainConfig(objective="predict", loss="error")),
     "predict-error pooled": (GateConfig(pooled=True), GateTrainConfig(objective="predict", loss="error")),
+    "predict-error pooled in-sample": (GateConfig(pooled=True),
+                                       GateTrainConfig(objective="predict", loss="error", crossfit=1)),
     "predict-ce": (GateConfig(), GateTrainConfig(objective="predict", loss="ce")),
 }
 
@@ -201,11 +203,13 @@ def run_seed(stages, feats: dict, seed: int, methods: dict, grids: dict | None) 
         net.gates = make_gates(len(EXITS), [p.shape[1] for p in calib.pooled], gate_config)
         inputs = calib.gate_inputs(gate_config)
         family = []
-        predictors = (fit_correctness_gates(net, calib, train_config, seed=seed, inputs=inputs)
-                      if train_config.objective == "predict" else None)
+        predictors = scores = None
+        if train_config.objective == "predict":
+            predictors = fit_correctness_gates(net, calib, train_config, seed=seed, inputs=inputs)
+            scores = correctness_scores(net, calib, train_config, seed=seed, inputs=inputs)
         for alpha in ALPHAS:
             if predictors is not None:
-                gates = gates_for_alpha(net, predictors, calib, alpha, train_config, inputs=inputs)
+                gates = gates_for_alpha(net, predictors, calib, alpha, train_config, inputs=inputs, scores=scores)
             else:
                 gates = train_gates(net, calib, alpha, train_config, seed=seed, inputs=inputs)
             family += ev.leenet(alpha, gates, gate_config, DECISION_THRESHOLDS)
@@ -256,9 +260,9 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
                      "seconds_per_sweep": float(np.mean([m["seconds"] for m in ms]))}
     budgets = {k: [r["methods"][chosen]["metrics"]["budgets"][k] for r in runs]
                for k in runs[0]["methods"][chosen]["metrics"]["budgets"]}
-    drop_points = [r["methods"][chosen]["metrics"]["drop_point"] for r in runs]
-    sel = next((p for p in policies if p["method"] == "leenet" and drop_points[0]
-                and p["param"] == drop_points[0]["alpha"]), None)
+    drop = runs[0]["methods"][chosen]["metrics"]["drop_point"]
+    sel = None if drop is None else {"method": "leenet", "param": drop["alpha"], "threshold": drop["threshold"],
+                                     **drop["test"], "calib": drop["calib"]}
     return {
         "dataset": "fashion-mnist",
         "dataset_info": net_info["dataset_info"],
@@ -266,7 +270,7 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
                      "accuracy": backbone_log["test_accuracy"], "flops": int(net_info["flops"]),
                      "macs": int(net_info["flops"] // 2), "training": backbone_log},
         "exits": exits, "policies": policies, "operating_points": op_mean,
-        **({"selected": {**sel, "reason": "alpha of the cheapest <= 0.5 pt drop point on calibration (seed 0)"}}
+        **({"selected": {**sel, "reason": "cheapest (alpha, threshold) within 0.5 pt on calibration (seed 0)"}}
            if sel else {}),
         "gate_method": chosen, "seeds": args.seeds, "alphas": list(ALPHAS),
         "targets": levers[chosen], "levers": levers, "budget_mode": budgets,

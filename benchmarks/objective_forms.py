@@ -13,6 +13,7 @@ form (soft/hard × ce/error), for several gate seeds. Reports on test:
 Usage::
 
     python benchmarks/objective_forms.py --dataset digits --out benchmarks/results/objective_forms_digits.json
+    python benchmarks/objective_forms.py --dataset digits --gate-pooled --out benchmarks/results/objective_forms_digits_pooled.json
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import torch
 from leenet import data, zoo
 from leenet.build import attach_exits
 from leenet.evaluate import Evaluator
+from leenet.heads import GateConfig
 from leenet.pipeline import DATASET_DEFAULTS
 from leenet.train import GateTrainConfig, collect_outputs, freeze_, train_classifier, train_gates, train_heads
 
-FORMS = [("soft", "ce"), ("soft", "error"), ("hard", "ce"), ("hard", "error")]
+FORMS = [("soft", "ce"), ("soft", "error"), ("hard", "ce"), ("hard", "error"), ("predict", "ce"), ("predict", "error")]
 ALPHAS = [round(0.05 * k, 2) for k in range(21)]
 
 
@@ -45,7 +47,7 @@ def envelope_auc(points: list[tuple[float, float]], lo: float, hi: float, grid: 
     return float(np.where(idx >= 0, best[np.clip(idx, 0, None)], 0.0).mean())
 
 
-def build(dataset: str, weights: str | None, seed: int):
+def build(dataset: str, weights: str | None, seed: int, gate_config: GateConfig):
     defaults = DATASET_DEFAULTS[dataset]
     splits = data.load_dataset(dataset, seed=seed)
     spec = splits.spec
@@ -58,7 +60,7 @@ def build(dataset: str, weights: str | None, seed: int):
     freeze_(backbone)
     net = attach_exits(backbone, zoo.get_backbone_info(defaults["arch"]).default_exits,
                        input_shape=(spec.in_channels, spec.image_size, spec.image_size),
-                       num_classes=spec.num_classes, head=defaults["head"])
+                       num_classes=spec.num_classes, head=defaults["head"], gate_config=gate_config)
     train_heads(net, lambda: iter(loader), steps_per_epoch=len(loader), epochs=defaults["head_epochs"],
                 progress=False)
     caches = [collect_outputs(net, data.make_loader(ds, 256, train=False), progress=False)
@@ -71,11 +73,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--weights", help="backbone file to reuse instead of training one")
     parser.add_argument("--seeds", type=int, default=3, help="gate-training seeds per form")
+    parser.add_argument("--gate-pooled", action="store_true", help="gates also see pooled features")
+    parser.add_argument("--no-gate-history", action="store_true", help="gates see only their own exit")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.time()
-    net, calib, test = build(args.dataset, args.weights, seed=0)
+    gate_config = GateConfig(pooled=args.gate_pooled, history=not args.no_gate_history)
+    net, calib, test = build(args.dataset, args.weights, seed=0, gate_config=gate_config)
     ev = Evaluator(calib, test, net.cost)
     lo, hi = float(net.cost[0]), 1.0
     baseline = {k: envelope_auc([(c.test.cost, c.test.accuracy) for c in ev.confidence(k)], lo, hi)
@@ -93,7 +98,7 @@ def main() -> None:
             jumps.append(max(abs(b.cost - a.cost) for a, b in zip(curve, curve[1:])))
         rows.append({"objective": objective, "loss": loss, "auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
                      "acc_alpha0": float(np.mean(acc0)), "max_jump": float(np.max(jumps))})
-    report = {"dataset": args.dataset, "backbone_accuracy": backbone_acc, "baseline_auc": baseline,
+    report = {"dataset": args.dataset, "gate": vars(gate_config), "backbone_accuracy": backbone_acc, "baseline_auc": baseline,
               "forms": rows, "seconds": round(time.time() - start, 1)}
     print(f"backbone {backbone_acc:.2%}; max-softmax auc {baseline['max_softmax']:.4f}, "
           f"entropy auc {baseline['entropy']:.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -56,17 +57,22 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--head", choices=["pool", "sdn", "flatten"],
                    help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
                    "default flatten for digits, pool otherwise")
-    m.add_argument("--gate-hidden", type=_positive_int, default=16, help="gate MLP width (0 = logistic)")
-    m.add_argument("--gate-pooled", action="store_true", help="gates also see pooled features")
-    m.add_argument("--no-gate-history", action="store_true", help="gates see only their own exit's confidence")
+    m.add_argument("--gate-hidden", type=_positive_int, help="gate MLP width (0 = logistic; default 16)")
+    m.add_argument("--gate-pooled", action=argparse.BooleanOptionalAction,
+                   help="gates also see the pooled feature map (default: on, except on digits)")
+    m.add_argument("--gate-history", action=argparse.BooleanOptionalAction,
+                   help="gates also see earlier exits' confidence and agreement (default: on)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_positive_int, help="backbone epochs (default per dataset; 0 = use weights as is)")
     t.add_argument("--lr", type=float, default=0.05, help="backbone peak learning rate (SGD, one-cycle)")
     t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default per dataset)")
-    t.add_argument("--objective", default="soft", choices=["soft", "hard"],
-                   help="gate objective: soft = expected loss (default), hard = balanced BCE on each sample's best exit")
-    t.add_argument("--loss", default="ce", choices=["ce", "error"], help="per-exit loss: cross-entropy (default) or 0-1 error")
-    t.add_argument("--gate-steps", type=_positive_int, default=300, help="gate optimizer steps per alpha")
+    t.add_argument("--objective", choices=["soft", "hard", "predict"],
+                   help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
+                   "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
+                   "the expected loss on out-of-fold calibration scores (default: soft on digits, predict otherwise)")
+    t.add_argument("--loss", choices=["ce", "error"],
+                   help="per-exit loss: cross-entropy or 0-1 error (default: ce on digits, error otherwise)")
+    t.add_argument("--gate-steps", type=_positive_int, help="gate optimizer steps (default 300)")
     p_ = p.add_argument_group("policy")
     p_.add_argument("--alphas", default="0:1:0.05", help="alphas to sweep: a list 0,0.1,0.5 or start:stop:step")
     p_.add_argument("--alpha", type=float, help="alpha whose gates model.pt keeps (default: the cheapest "
@@ -98,13 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _override(default, **given):
+    """``default`` with the options the user gave; None when none was given (dataset default)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(default, **given) if given else None
+
+
 def run_config_from_args(args: argparse.Namespace):
     """The :class:`~leenet.config.RunConfig` an argument namespace describes."""
     from leenet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_alphas
-    from leenet.heads import GateConfig
-    from leenet.train import GateTrainConfig
+    from leenet.pipeline import dataset_defaults
 
-    gate = GateConfig(hidden=args.gate_hidden, history=not args.no_gate_history, pooled=args.gate_pooled)
+    defaults = dataset_defaults(args.dataset)
+    gate = _override(defaults["gate"], hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled)
+    gate_train = _override(defaults["gate_train"], objective=args.objective, loss=args.loss, steps=args.gate_steps)
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
     return RunConfig(
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download,
@@ -112,7 +125,7 @@ def run_config_from_args(args: argparse.Namespace):
         model=ModelConfig(arch=args.arch, exits=exits, head=args.head, gate=gate, weights=args.weights,
                           num_classes=args.num_classes, transfer=args.transfer),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, head_epochs=args.head_epochs,
-                          gates=GateTrainConfig(objective=args.objective, loss=args.loss, steps=max(args.gate_steps, 1))),
+                          gates=gate_train),
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,

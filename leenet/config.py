@@ -20,7 +20,7 @@ class ModelConfig:
     arch: str | None = None  # backbone registry name; None = the dataset's default
     exits: tuple[str, ...] | None = None  # module names to exit after; None = the backbone's defaults
     head: str | None = None  # exit head: "pool", "sdn" or "flatten"; None = the dataset's default
-    gate: GateConfig = field(default_factory=GateConfig)  # gate inputs and width
+    gate: GateConfig | None = None  # gate inputs and width; None = the dataset's default
     weights: str | None = None  # torchvision weights enum name or a file; None = train the backbone
     num_classes: int | None = None  # replace the backbone's classifier for this many classes
     transfer: bool = False  # with weights: train only the (new) classifier, backbone frozen
@@ -60,7 +60,7 @@ class TrainConfig:
     lr: float = 0.05  # backbone peak learning rate (SGD, one-cycle)
     head_epochs: int | None = None  # exit-head epochs; None = dataset default
     head_lr: float = 2e-3  # exit-head learning rate (AdamW, cosine)
-    gates: GateTrainConfig = field(default_factory=GateTrainConfig)  # gate objective and optimizer
+    gates: GateTrainConfig | None = None  # gate objective and optimizer; None = the dataset's default
 
     def __post_init__(self) -> None:
         for name in ("epochs", "head_epochs"):

@@ -29,6 +29,7 @@ from leenet.policies import (
 
 COST_BUDGETS = (0.25, 0.5, 0.75, 1.0)
 ACCURACY_DROPS = (0.005, 0.01)
+DROP_MARGIN = 1.0  # standard errors of slack an accuracy budget keeps on calibration
 DECISION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 … 0.90
 
 
@@ -107,10 +108,16 @@ def best_within_cost(candidates: Iterable[Candidate], max_cost: float) -> Candid
 
 
 def cheapest_within_drop(
-    candidates: Iterable[Candidate], reference: float, max_drop: float
+    candidates: Iterable[Candidate], reference: float, max_drop: float, *, margin: float = DROP_MARGIN
 ) -> Candidate | None:
-    """Cheapest candidate on calibration losing at most ``max_drop`` accuracy vs ``reference``."""
-    fits = [c for c in candidates if c.calib.accuracy >= reference - max_drop - 1e-9]
+    """Cheapest candidate on calibration losing at most ``max_drop`` accuracy vs ``reference``.
+
+    A candidate's calibration drop must fit the budget with ``margin`` standard errors to
+    spare (``PolicyResult.drop_stderr``): the cheapest of many candidates that barely fit is
+    the one whose calibration luck is largest, and it misses the budget on new data.
+    """
+    fits = [c for c in candidates
+            if c.calib.accuracy - margin * c.calib.drop_stderr >= reference - max_drop - 1e-9]
     return min(fits, key=lambda c: (c.calib.cost, -c.calib.accuracy), default=None)
 
 

@@ -20,21 +20,35 @@ from leenet.config import RunConfig
 from leenet.cost import FLOPS_CONVENTION
 from leenet.errors import DataError, LeenetError
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
+from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.policies import CachedOutputs
 from leenet.split import split_backbone
-from leenet.train import collect_outputs, freeze_, train_classifier, train_gates, train_heads
+from leenet.train import (GateTrainConfig, collect_outputs, correctness_scores, fit_correctness_gates, freeze_,
+                          gates_for_alpha, train_classifier, train_gates, train_heads)
 
-# Per dataset: the backbone used when --arch is not given and how long things train.
+# Per dataset: the backbone used when --arch is not given, how long things train, and the
+# exit heads and gates (chosen by benchmarks/objective_forms.py and benchmarks/fashion_mnist.py:
+# with digits' 287 calibration images the expected-loss gates on confidence features win;
+# with 10k calibration images correctness-predicting gates on pooled features win by far).
+_SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="soft", loss="ce")}
+_LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS = {
     # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
-    "digits": {"arch": "digits_cnn", "epochs": 40, "head_epochs": 30, "head": "flatten"},
-    "fashion-mnist": {"arch": "small_resnet", "epochs": 15, "head_epochs": 6, "head": "pool"},
-    "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool"},
-    "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool"},
-    "imagenette": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool"},
-    "folder": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool"},
+    "digits": {"arch": "digits_cnn", "epochs": 40, "head_epochs": 30, "head": "flatten", **_SMALL_CALIB},
+    "fashion-mnist": {"arch": "small_resnet", "epochs": 15, "head_epochs": 6, "head": "pool", **_LARGE_CALIB},
+    "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
+    "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
+    "imagenette": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
+    "folder": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
 }
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """What a run on ``dataset`` uses for every setting left unset (unknown names: ``folder``'s)."""
+    return DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["folder"])
+
+
 DEFAULT_MAX_DROP = 0.005  # how the saved model's alpha is chosen when none is asked for
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -85,7 +99,7 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
 
     timer = _Timer()
     device = resolve_device(config.device)
-    defaults = DATASET_DEFAULTS.get(config.data.dataset, DATASET_DEFAULTS["folder"])
+    defaults = dataset_defaults(config.data.dataset)
     arch = config.model.arch or defaults["arch"]
     info = zoo.get_backbone_info(arch)
     out = prepare_out_dir(config, arch)
@@ -122,7 +136,7 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     head = config.model.head or defaults["head"]
     net = attach_exits(stages, exits, input_shape=input_shape, num_classes=spec.num_classes,
-                       head=head, gate_config=config.model.gate).to(device)
+                       head=head, gate_config=config.model.gate or defaults["gate"]).to(device)
     log("exits: " + ", ".join(f"{n} (cost {c:.3f})" for n, c in zip(net.exit_names, net.cost.tolist())))
 
     with timer.phase("heads"):
@@ -136,7 +150,7 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
         test = _cache(net, loader(splits.test, False), device, config.progress, "test")
 
     with timer.phase("gates"):
-        bank = _gate_bank(net, calib, config)
+        bank = _gate_bank(net, calib, config, config.train.gates or defaults["gate_train"])
 
     with timer.phase("evaluate"):
         results, chosen = _evaluate(net, calib, test, bank, config)
@@ -235,13 +249,22 @@ def _cache(net: ExitNet, loader, device, progress: bool, name: str) -> CachedOut
                            desc=f"caching {name} exits")
 
 
-def _gate_bank(net: ExitNet, calib: CachedOutputs, config: RunConfig) -> dict[float, torch.nn.ModuleList]:
+def _gate_bank(net: ExitNet, calib: CachedOutputs, config: RunConfig,
+               gate_cfg: GateTrainConfig) -> dict[float, torch.nn.ModuleList]:
     from tqdm.auto import tqdm
 
     inputs = calib.gate_inputs(net.gate_config)
+    # "predict" fits its alpha-free correctness predictors once; each alpha only moves thresholds.
+    predictors = scores = None
+    if gate_cfg.objective == "predict":
+        predictors = fit_correctness_gates(net, calib, gate_cfg, seed=config.seed, inputs=inputs)
+        scores = correctness_scores(net, calib, gate_cfg, seed=config.seed, inputs=inputs)
     bank = {}
     for alpha in tqdm(config.alphas, desc="gates over alphas", leave=False, disable=not config.progress):
-        bank[alpha] = train_gates(net, calib, alpha, config.train.gates, seed=config.seed, inputs=inputs)
+        if predictors is not None:
+            bank[alpha] = gates_for_alpha(net, predictors, calib, alpha, gate_cfg, inputs=inputs, scores=scores)
+        else:
+            bank[alpha] = train_gates(net, calib, alpha, gate_cfg, seed=config.seed, inputs=inputs)
     return bank
 
 
@@ -331,7 +354,7 @@ def _write_artifacts(out: Path, net: ExitNet, results: dict, config: RunConfig, 
     build_spec = {
         "arch": arch, "exits": net.exit_names[:-1], "num_classes": spec.num_classes,
         "input_shape": list(input_shape), "head": head,
-        "gate": dict(vars(config.model.gate)), "threshold": net.threshold,
+        "gate": dict(vars(net.gate_config)), "threshold": net.threshold,
         "alpha": chosen["alpha"], "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
     }
     save_checkpoint(out / "model.pt", net, build_spec, gate_bank=bank)

@@ -65,6 +65,9 @@ class PolicyResult:
     accuracy: float
     cost: float  # mean cost, relative to the backbone's FLOPs
     exit_fractions: tuple[float, ...]  # fraction of samples leaving at each exit
+    # Standard error of (accuracy - the final exit's accuracy) on the same samples (McNemar:
+    # sqrt(share of samples where exactly one of the two is right / N)); 0 when unknown.
+    drop_stderr: float = 0.0
 
     def as_dict(self) -> dict:
         return {
@@ -95,10 +98,12 @@ def summarize(exit_index: Tensor, correct: Tensor, cost: Tensor) -> PolicyResult
         correct: (N, E) bool.
         cost: (E,) relative cost of each exit.
     """
-    right = correct.gather(1, exit_index[:, None]).float().mean()
+    chosen = correct.gather(1, exit_index[:, None]).squeeze(1)  # (N,)
     mean_cost = cost.to(exit_index.device)[exit_index].float().mean()
     fractions = torch.bincount(exit_index, minlength=correct.shape[1]).float() / len(exit_index)
-    return PolicyResult(float(right), float(mean_cost), tuple(float(f) for f in fractions))
+    discordant = (chosen != correct[:, -1]).float().mean()
+    stderr = math.sqrt(float(discordant) / len(exit_index))
+    return PolicyResult(float(chosen.float().mean()), float(mean_cost), tuple(float(f) for f in fractions), stderr)
 
 
 @torch.no_grad()

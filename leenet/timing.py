@@ -17,18 +17,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+def median_seconds(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
+                   device: torch.device) -> dict[str, float]:
+    """Median wall time of each ``fn()`` over ``repeats`` runs after ``warmup`` runs.
+
+    The functions take turns within each repeat, so a noisy neighbour on a shared machine
+    slows all of them alike and their ratios stay meaningful.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 class PlainBackbone(nn.Module):
@@ -63,13 +70,14 @@ def measure_wall_clock(
     batch = images[:batch_size]
     singles = images[:latency_samples].split(1)
     result = {"device": str(device), "throughput_batch": len(batch), "latency_samples": len(singles)}
-    for name, model in (("backbone", plain), ("leenet", net)):
-        seconds = median_seconds(lambda m=model: m(batch), repeats=repeats, warmup=warmup, device=device)
-        per_image = median_seconds(
-            lambda m=model: [m(x) for x in singles], repeats=max(1, repeats // 2), warmup=1, device=device
-        ) / len(singles)
-        result[f"{name}_throughput"] = len(batch) / seconds
-        result[f"{name}_latency_ms"] = 1000.0 * per_image
+    models = {"backbone": plain, "leenet": net}
+    batch_s = median_seconds({n: (lambda m=m: m(batch)) for n, m in models.items()},
+                             repeats=repeats, warmup=warmup, device=device)
+    single_s = median_seconds({n: (lambda m=m: [m(x) for x in singles]) for n, m in models.items()},
+                              repeats=max(1, repeats // 2), warmup=1, device=device)
+    for name in models:
+        result[f"{name}_throughput"] = len(batch) / batch_s[name]
+        result[f"{name}_latency_ms"] = 1000.0 * single_s[name] / len(singles)
     result["measured_speedup"] = result["leenet_throughput"] / result["backbone_throughput"]
     result["latency_speedup"] = result["backbone_latency_ms"] / result["leenet_latency_ms"]
     return result

@@ -32,10 +32,13 @@ class GateTrainConfig:
     steps: int = 300  # full-batch Adam steps per alpha
     lr: float = 0.01  # Adam learning rate
     weight_decay: float = 1e-4  # AdamW weight decay of the gate MLPs
+    crossfit: int = 2  # "predict": choose thresholds on out-of-fold scores from this many folds; 1 = in-sample
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise LeenetError(f"unknown gate objective '{self.objective}' (valid: {', '.join(OBJECTIVES)})")
+        if self.crossfit < 1:
+            raise LeenetError(f"gate crossfit folds must be >= 1, got {self.crossfit}")
         if self.steps < 1 or self.lr <= 0:
             raise LeenetError("gate training needs steps >= 1 and lr > 0")
 
@@ -210,7 +213,8 @@ def train_gates(
     alpha = check_alpha(alpha)
     if config.objective == "predict":
         predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
-        return gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs)
+        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
+        return gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs, scores=scores)
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
     gates = _fresh_gates(net, inputs, seed)
     if not len(gates):
@@ -258,9 +262,37 @@ def fit_correctness_gates(
     return gates.eval()
 
 
+def correctness_scores(
+    net: ExitNet, cache: CachedOutputs, config: GateTrainConfig = GateTrainConfig(objective="predict"),
+    *, seed: int = 0, inputs: Sequence[Tensor] | None = None,
+) -> Tensor | None:
+    """Out-of-fold correctness logits (N, E-1) of the calibration samples, or None for in-sample.
+
+    Thresholds chosen on the very scores a predictor was fit to are optimistic: the
+    predictor is surest exactly where it memorized the calibration samples, so accuracy
+    budgets then fail on new data. With ``config.crossfit = K > 1`` each sample is scored by
+    a predictor fit on the other K-1 folds, as a test sample would be.
+    """
+    if config.crossfit < 2 or net.num_exits < 2:
+        return None
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    n = len(cache.labels)
+    fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % config.crossfit  # (N,)
+    correct = cache.correct.float()
+    scores = torch.empty(n, net.num_exits - 1)
+    for k in range(config.crossfit):
+        fit, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+        gates = _fresh_gates(net, [x[fit] for x in inputs], seed + 1 + k)
+        _fit_predictors(gates, [x[fit] for x in inputs], correct[fit], config)
+        with torch.no_grad():
+            scores[held] = torch.stack([g.logit(x[held]) for g, x in zip(gates, inputs)], dim=1)
+    return scores
+
+
 def gates_for_alpha(
     net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, alpha: float,
     config: GateTrainConfig = GateTrainConfig(objective="predict"), *, inputs: Sequence[Tensor] | None = None,
+    scores: Tensor | None = None,
 ) -> nn.ModuleList:
     """Copies of correctness-predicting gates whose 0.5 decision minimizes the objective at ``alpha``.
 
@@ -274,6 +306,8 @@ def gates_for_alpha(
         alpha: weight of compute against error, in [0, 1].
         config: its ``loss`` is the per-exit loss of the objective.
         inputs: precomputed ``cache.gate_inputs(net.gate_config)``.
+        scores: (N, E-1) calibration scores to choose thresholds on, from
+            :func:`correctness_scores`; None = the predictors' own (in-sample) scores.
     """
     alpha = check_alpha(alpha)
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
@@ -284,7 +318,10 @@ def gates_for_alpha(
                 gate.mlp[-1].bias.sub_(NEVER)
     elif len(gates):
         losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-        _shift_to_objective(gates, inputs, losses, net.cost.detach().float().cpu(), alpha)
+        if scores is None:
+            with torch.no_grad():
+                scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)
+        _shift_to_objective(gates, scores, losses, net.cost.detach().float().cpu(), alpha)
     return gates.eval()
 
 
@@ -302,7 +339,7 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
 
 
 @torch.no_grad()
-def _shift_to_objective(gates: nn.ModuleList, inputs: Sequence[Tensor], losses: Tensor, cost: Tensor,
+def _shift_to_objective(gates: nn.ModuleList, scores: Tensor, losses: Tensor, cost: Tensor,
                         alpha: float, grid: int = 64, rounds: int = 3) -> None:
     """Shift each gate's output bias so that firing at 0.5 minimizes the calibration objective.
 
@@ -312,7 +349,6 @@ def _shift_to_objective(gates: nn.ModuleList, inputs: Sequence[Tensor], losses: 
     quantiles (plus always / never firing) (every candidate of one gate evaluated at once). Ties go to the higher
     threshold, so alpha = 0 never exits a sample early without a gain on calibration.
     """
-    scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
     per_exit = (1.0 - alpha) * losses + alpha * cost[None, :]  # (N, E)
 
     def objective(thresholds: Tensor) -> Tensor:  # (K, E-1) → (K,)

@@ -161,3 +161,18 @@ def test_listings(capsys) -> None:
     assert main(["backbones"]) == 0 and "resnet50" in capsys.readouterr().out
     assert main(["datasets"]) == 0 and "fashion-mnist" in capsys.readouterr().out
     assert main(["exits", "--arch", "digits_cnn"]) == 0 and "block1" in capsys.readouterr().out
+
+
+def test_gate_options_override_the_dataset_defaults(tmp_path: Path) -> None:
+    out = tmp_path / "predict"
+    assert main(["run", "--out", str(out), *FAST, "--objective", "predict", "--loss", "error",
+                 "--gate-pooled", "--no-gate-history"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["gates"]["objective"] == "predict" and config["train"]["gates"]["loss"] == "error"
+    assert config["model"]["gate"] == {"hidden": 16, "history": False, "pooled": True}
+    results = json.loads((out / "results.json").read_text())
+    assert results["routed_check"]["matches_simulation"] is True
+    alpha0 = next(p for p in results["policies"] if p["method"] == "leenet" and p["param"] == 0.0)
+    assert alpha0["exit_fractions"][-1] == 1.0, "alpha = 0 runs everything to the backbone's exit"
+    net = load_checkpoint(out / "model.pt")
+    assert net.gate_config.pooled and not net.gate_config.history

@@ -90,7 +90,7 @@ def test_predict_gates_never_lose_on_calibration(tiny_stages, tiny_input, loss):
     from leenet.train import GateTrainConfig, fit_correctness_gates, gates_for_alpha, train_gates
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
-    config = GateTrainConfig(objective="predict", loss=loss, steps=50)
+    config = GateTrainConfig(objective="predict", loss=loss, steps=50, crossfit=1)  # in-sample: exact optimum
     inputs = cache.gate_inputs(net.gate_config)
     predictors = fit_correctness_gates(net, cache, config, seed=0, inputs=inputs)
     losses = exit_losses(cache.logits, cache.labels, loss)
@@ -115,3 +115,23 @@ def test_envelope_gap_tolerance_counts_nearly_cheapest_points():
     assert envelope_gap(a, b, 0.2, 1.0)["worst_gap"] == pytest.approx(-0.8)
     out = envelope_gap(a, b, 0.2, 1.0, tol=0.001)
     assert out["worst_gap"] == pytest.approx(0.0) and out["area"] == pytest.approx(0.0)
+
+
+def test_crossfit_scores_are_out_of_fold(tiny_stages, tiny_input):
+    """Each calibration sample is scored by a predictor that never saw it; train_gates uses them."""
+    import torch
+
+    from leenet.policies import gate_probabilities
+    from leenet.train import GateTrainConfig, correctness_scores, fit_correctness_gates, gates_for_alpha, train_gates
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss="error", steps=50, crossfit=2)
+    inputs = cache.gate_inputs(net.gate_config)
+    predictors = fit_correctness_gates(net, cache, config, seed=0, inputs=inputs)
+    scores = correctness_scores(net, cache, config, seed=0, inputs=inputs)
+    in_sample = torch.stack([g.logit(x) for g, x in zip(predictors, inputs)], dim=1).detach()
+    assert scores.shape == in_sample.shape and not torch.allclose(scores, in_sample)
+    assert correctness_scores(net, cache, GateTrainConfig(objective="predict", crossfit=1)) is None
+    ref = gates_for_alpha(net, predictors, cache, 0.3, config, inputs=inputs, scores=scores)
+    again = train_gates(net, cache, 0.3, config, seed=0)
+    assert torch.equal(gate_probabilities(again, inputs), gate_probabilities(ref, inputs))

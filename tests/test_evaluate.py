@@ -200,3 +200,19 @@ def test_evaluator_policies_agree_with_direct_computation() -> None:
     for c in found:
         direct = summarize(first_exit(p_test >= c.threshold), test.correct, cost)
         assert c.test == direct
+
+
+def test_accuracy_budgets_keep_a_margin_of_standard_errors() -> None:
+    """A candidate that fits the drop only by calibration luck is skipped; margin 0 takes it."""
+    lucky = Candidate("leenet", 0.5, PolicyResult(0.955, 0.3, (1.0, 0.0), drop_stderr=0.004),
+                      PolicyResult(0.9, 0.3, (1.0, 0.0)))
+    safe = Candidate("leenet", 0.1, PolicyResult(0.958, 0.6, (0.5, 0.5), drop_stderr=0.002),
+                     PolicyResult(0.95, 0.6, (0.5, 0.5)))
+    assert cheapest_within_drop([lucky, safe], 0.96, 0.005, margin=0.0) is lucky
+    assert cheapest_within_drop([lucky, safe], 0.96, 0.005) is safe
+
+
+def test_summarize_drop_stderr_is_mcnemar() -> None:
+    correct = torch.tensor([[1, 1], [0, 1], [1, 0], [1, 1]], dtype=torch.bool)
+    result = summarize(torch.tensor([0, 0, 0, 1]), correct, torch.tensor([0.5, 1.0]))
+    assert result.drop_stderr == pytest.approx((2 / 4 / 4) ** 0.5)  # 2 of 4 discordant

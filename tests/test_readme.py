@@ -1,0 +1,24 @@
+"""The README's promises: its Python example runs, and its commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_python_example_runs(capsys) -> None:
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"accuracy ([\d.]+)%", printed).group(1))
+    cost = float(re.search(r"mean cost ([\d.]+) of", printed).group(1))
+    assert accuracy > 90 and cost < 1.0, printed
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme_test = re.search(r"\.venv/bin/pip install -e '\.\[test\]' && \.venv/bin/python -m pytest -q", README)
+    assert readme_test and readme_test.group(0) in ci
