@@ -1,7 +1,7 @@
 """LEENet vs confidence thresholds on Fashion-MNIST, over several seeds of head and gate training.
 
 ``python benchmarks/fashion_mnist.py`` (from the repository root) reuses the backbone in
-``runs/fmnist_backbone.pt`` (or trains it, see :mod:`fmnist_backbone`), caches the pooled
+``runs/fmnist_backbone_w24.pt`` (or trains it, see :mod:`fmnist_backbone`), caches the pooled
 features at every exit once, then for each seed trains pooled-linear heads on them and
 gates for a 21-alpha sweep with every gate method of :data:`METHODS`. The method whose
 sweep beats the threshold baselines by most *on the calibration split* becomes the reported
@@ -49,6 +49,7 @@ METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "predict-error": (GateConfig(), GateTrainConfig(objective="predict", loss="error")),
     "predict-error no history": (GateConfig(history=False), GateTrainConfig(objective="predict", loss="error")),
     "predict-error pooled": (GateConfig(pooled=True), GateTrainConfig(objective="predict", loss="error")),
+    "predict-soft_error pooled": (GateConfig(pooled=True), GateTrainConfig(objective="predict", loss="soft_error")),
     "predict-error pooled in-sample": (GateConfig(pooled=True),
                                        GateTrainConfig(objective="predict", loss="error", crossfit=1)),
     "predict-ce": (GateConfig(), GateTrainConfig(objective="predict", loss="ce")),
@@ -281,7 +282,7 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backbone", type=Path, default=Path("runs/fmnist_backbone.pt"))
+    parser.add_argument("--backbone", type=Path, default=Path("runs/fmnist_backbone_w24.pt"))
     parser.add_argument("--no-reuse", dest="reuse", action="store_false", help="retrain the backbone")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(MAIN_METHODS), help="gate methods on every seed")

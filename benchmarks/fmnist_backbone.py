@@ -2,7 +2,7 @@
 
 ``python benchmarks/fmnist_backbone.py`` trains ``small_resnet`` on the training split
 (the 10k calibration samples held out) and writes its state dict to
-``runs/fmnist_backbone.pt``; :mod:`benchmarks.fashion_mnist` reuses that file.
+``runs/fmnist_backbone_w24.pt``; :mod:`benchmarks.fashion_mnist` reuses that file.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from leenet.data import Splits, load_dataset, make_loader
 from leenet.train import train_classifier
 
 CALIB_SIZE = 10_000
-DEFAULTS = dict(width=16, blocks=2, epochs=20, lr=0.1, weight_decay=5e-4, batch_size=128)
+DEFAULTS = dict(width=24, blocks=2, epochs=18, lr=0.1, weight_decay=5e-4, batch_size=128)
 
 
 @torch.no_grad()
@@ -52,7 +52,7 @@ def train_backbone(splits: Splits, *, width: int, blocks: int, epochs: int, lr: 
 def main() -> None:
     """Command line: train the backbone and write it (and a JSON log next to it)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("runs/fmnist_backbone.pt"))
+    parser.add_argument("--out", type=Path, default=Path("runs/fmnist_backbone_w24.pt"))
     for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args()

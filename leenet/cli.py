@@ -70,8 +70,9 @@ def _add_run_parser(sub) -> None:
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
                    "the expected loss on out-of-fold calibration scores (default: soft on digits, predict otherwise)")
-    t.add_argument("--loss", choices=["ce", "error"],
-                   help="per-exit loss: cross-entropy or 0-1 error (default: ce on digits, error otherwise)")
+    t.add_argument("--loss", choices=["ce", "error", "soft_error"],
+                   help="per-exit loss: cross-entropy, 0-1 error, or soft error 1 - p(true class) "
+                   "(default: ce on digits, error otherwise)")
     t.add_argument("--gate-steps", type=_positive_int, help="gate optimizer steps (default 300)")
     p_ = p.add_argument_group("policy")
     p_.add_argument("--alphas", default="0:1:0.05", help="alphas to sweep: a list 0,0.1,0.5 or start:stop:step")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from leenet.errors import LeenetError
 
-LOSS_KINDS = ("error", "ce")
+LOSS_KINDS = ("error", "ce", "soft_error")
 
 
 def check_alpha(alpha: float) -> float:
@@ -30,7 +30,8 @@ def exit_losses(logits: Tensor, labels: Tensor, kind: str = "error") -> Tensor:
     Args:
         logits: (B, E, C).
         labels: (B,) int64.
-        kind: ``"error"`` for the 0-1 error ``1[argmax != y]``, ``"ce"`` for cross-entropy.
+        kind: ``"error"`` for the 0-1 error ``1[argmax != y]``, ``"ce"`` for cross-entropy,
+            ``"soft_error"`` for ``1 − softmax(logits)[y]``.
 
     Returns:
         (B, E) float.
@@ -41,6 +42,8 @@ def exit_losses(logits: Tensor, labels: Tensor, kind: str = "error") -> Tensor:
         flat = logits.flatten(0, 1).float()  # (B*E, C)
         targets = labels.repeat_interleave(logits.shape[1])
         return F.cross_entropy(flat, targets, reduction="none").view(logits.shape[:2])
+    if kind == "soft_error":  # 1 - p(true class): bounded like the 0-1 error, but graded
+        return 1.0 - logits.float().softmax(-1).gather(-1, labels[:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
     raise LeenetError(f"unknown exit loss '{kind}' (valid: {', '.join(LOSS_KINDS)})")
 
 

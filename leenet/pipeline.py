@@ -36,7 +36,7 @@ _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(o
 DATASET_DEFAULTS = {
     # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
     "digits": {"arch": "digits_cnn", "epochs": 40, "head_epochs": 30, "head": "flatten", **_SMALL_CALIB},
-    "fashion-mnist": {"arch": "small_resnet", "epochs": 15, "head_epochs": 6, "head": "pool", **_LARGE_CALIB},
+    "fashion-mnist": {"arch": "small_resnet", "epochs": 18, "head_epochs": 6, "head": "pool", **_LARGE_CALIB},
     "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
     "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
     "imagenette": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
@@ -120,17 +120,9 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
         stages = split_backbone(backbone, exits)  # bad exit names fail here, before any training
         epochs = _backbone_epochs(config, defaults)
         if epochs > 0:
-            params = zoo.classifier_parameters(backbone) if config.model.transfer else None
-            if config.model.transfer:
-                freeze_(backbone)
-                for p in params:
-                    p.requires_grad_(True)
-            train_loader = loader(splits.train, True)
             log(f"backbone: training {arch} for {epochs} epochs on {device}"
                 + (" (classifier only)" if config.model.transfer else ""))
-            train_classifier(backbone, lambda: iter(train_loader), steps_per_epoch=len(train_loader),
-                             epochs=epochs, lr=config.train.lr, params=params, device=device,
-                             progress=config.progress)
+            _train_backbone(backbone, loader(splits.train, True), epochs, config, device, zoo)
         freeze_(backbone)
 
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -160,17 +152,35 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
 
     if config.timing:
         with timer.phase("wall_clock"):
-            from leenet.timing import measure_wall_clock
-
-            images = torch.cat([x for x, _ in _take(loader(splits.test, False), 256)]).to(device)
-            results["wall_clock"] = measure_wall_clock(net, images)
-            results["wall_clock"]["flops_speedup"] = 1.0 / max(results["selected"]["cost"], 1e-9)
+            results["wall_clock"] = _wall_clock(net, loader(splits.test, False), device, results["selected"])
 
     results.update(_describe(config, arch, spec, splits, net, test, exits))
     results["timings"] = timer.seconds
     _write_artifacts(out, net, results, config, arch, head, input_shape, spec, bank, chosen)
     log(f"wrote {out}/results.json, model.pt and report.html")
     return results
+
+
+def _train_backbone(backbone, train_loader, epochs: int, config: RunConfig, device, zoo) -> None:
+    """Train the whole backbone, or with ``--transfer`` only its classifier (the rest frozen)."""
+    params = None
+    if config.model.transfer:
+        params = zoo.classifier_parameters(backbone)
+        freeze_(backbone)
+        for p in params:
+            p.requires_grad_(True)
+    train_classifier(backbone, lambda: iter(train_loader), steps_per_epoch=len(train_loader), epochs=epochs,
+                     lr=config.train.lr, params=params, device=device, progress=config.progress)
+
+
+def _wall_clock(net: ExitNet, test_loader, device, selected: dict) -> dict:
+    """Routed network vs plain backbone on the first 256 test images."""
+    from leenet.timing import measure_wall_clock
+
+    images = torch.cat([x for x, _ in _take(test_loader, 256)]).to(device)
+    clock = measure_wall_clock(net, images)
+    clock["flops_speedup"] = 1.0 / max(selected["cost"], 1e-9)
+    return clock
 
 
 def _load_data(config: RunConfig, info, data):

@@ -87,9 +87,9 @@ BACKBONES: dict[str, BackboneInfo] = _registry(
         weights_enum=None, description="3-block CNN for 8x8 grey digits, 1.2 M MACs",
     ),
     BackboneInfo(
-        "small_resnet", SmallResNet, ("layer1", "layer2", "layer3.0"), input_size=28,
+        "small_resnet", SmallResNet, ("layer1.0", "layer1", "layer2", "layer3.0"), input_size=28,
         imagenet_normalization=False, weights_enum=None,
-        description="ResNet, 3 stages of 2 BasicBlocks (32/64/128 wide) for 28-32 px, 81 M MACs at 28 px",
+        description="ResNet, 3 stages of 2 BasicBlocks (24/48/96 wide) for 28-32 px, 45 M MACs at 28 px",
     ),
     BackboneInfo(
         "resnet50", functools.partial(_torchvision_backbone, "resnet50"), _RESNET_EXITS, input_size=224,

@@ -313,3 +313,12 @@ def test_train_gates_rejects_bad_alpha(tiny_stages: list[nn.Module], tiny_input:
     cache = CachedOutputs(out.logits, out.pooled, torch.zeros(4, dtype=torch.long))
     with pytest.raises(LeenetError, match=r"\[0, 1\]"):
         train_gates(net, cache, 2.0)
+
+
+def test_soft_error_loss_matches_a_loop() -> None:
+    logits = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    got = exit_losses(logits, labels, "soft_error")
+    for b in range(6):
+        for e in range(3):
+            assert got[b, e] == pytest.approx(1 - torch.softmax(logits[b, e], -1)[labels[b]].item(), abs=1e-6)

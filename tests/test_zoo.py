@@ -114,7 +114,7 @@ def test_small_backbones_are_cheap() -> None:
         x28 = torch.zeros(1, 1, 28, 28)
         assert _macs(digits, torch.zeros(1, 1, 8, 8)) < 2e6
         assert 30e6 < _macs(small, x28) < 85e6
-        assert _macs(narrow, x28) < _macs(small, x28) / 3
+        assert _macs(narrow, x28) < _macs(small, x28) / 2  # MACs grow with width squared
 
 
 def test_digits_cnn_trains_to_97_percent_in_seconds() -> None:
@@ -156,7 +156,7 @@ def test_weights_file_round_trip(tmp_path: Path, key: str | None) -> None:
 
 def test_mismatched_weights_name_the_fix(tmp_path: Path) -> None:
     torch.save(build_backbone("small_resnet", num_classes=10, in_channels=1).state_dict(), tmp_path / "w.pt")
-    expected = (r"fc\.weight has shape \(10, 128\) in the file but \(100, 128\) in small_resnet built for "
+    expected = (r"fc\.weight has shape \(10, 96\) in the file but \(100, 96\) in small_resnet built for "
                 r"100 classes: pass --num-classes 10")
     with pytest.raises(CheckpointError, match=expected):
         build_backbone("small_resnet", num_classes=100, in_channels=1, weights=tmp_path / "w.pt")
@@ -231,7 +231,7 @@ def test_classifier_helpers() -> None:
     params = classifier_parameters(model)
     assert params == [model.fc.weight, model.fc.bias]
     new = replace_classifier(model, 3)
-    assert model.fc is new and new.in_features == 128
+    assert model.fc is new and new.in_features == 96
     with pytest.raises(LeenetError, match="Sequential has no nn.Linear classifier"):
         classifier_parameters(nn.Sequential(nn.Conv2d(1, 1, 1)))
 
