@@ -2,7 +2,8 @@
 
 ``python benchmarks/fashion_mnist.py`` (from the repository root) reuses the backbone in
 ``runs/fmnist_backbone_w24.pt`` (or trains it, see :mod:`fmnist_backbone`), caches the pooled
-features at every exit once, then for each seed trains pooled-linear heads on them and
+features at every exit once, then for each seed trains the exit heads (pooled-linear on the
+cached features, or with ``--head sdn`` SDN-style conv heads through the frozen stages) and
 gates for a 21-alpha sweep with every gate method of :data:`METHODS`. The method whose
 sweep beats the threshold baselines by most *on the calibration split* becomes the reported
 "leenet"; every number in ``results.json`` is measured on the test split.
@@ -36,13 +37,12 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateTrainConfig, correctness_scores, fit_correctness_gates, freeze_, gates_for_alpha,  # noqa: E402
-                          train_gates)
+from leenet.train import GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, train_heads  # noqa: E402
 
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
-MAIN_METHODS = ("soft-ce", "predict-error pooled")  # run on every seed; the rest on --lever-seeds
+MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled")  # run on every seed; the rest on --lever-seeds
 METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "soft-ce": (GateConfig(), GateTrainConfig(objective="soft", loss="ce")),
     "soft-error": (GateConfig(), GateTrainConfig(loss="error")),
@@ -52,6 +52,7 @@ METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "predict-soft_error pooled": (GateConfig(pooled=True), GateTrainConfig(objective="predict", loss="soft_error")),
     "predict-error pooled in-sample": (GateConfig(pooled=True),
                                        GateTrainConfig(objective="predict", loss="error", crossfit=1)),
+    "soft-ce in-sample": (GateConfig(), GateTrainConfig(objective="soft", loss="ce", crossfit=1)),
     "predict-ce": (GateConfig(), GateTrainConfig(objective="predict", loss="ce")),
 }
 
@@ -71,7 +72,7 @@ def pooled_features(stages, ds, batch_size: int = 500) -> tuple[list[Tensor], Te
     return [torch.cat([r[i] for r in pooled]) for i in range(len(stages) - 1)], torch.cat(final), torch.cat(labels)
 
 
-def train_pooled_heads(net, pooled: list[Tensor], labels: Tensor, seed: int, epochs: int = 15) -> None:
+def train_pooled_heads(net, pooled: list[Tensor], labels: Tensor, seed: int, epochs: int) -> None:
     """Train each pooled-linear head's ``fc`` on cached pooled training features (AdamW, cosine)."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for head in net.heads for p in head.parameters()]
@@ -185,12 +186,26 @@ def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Mo
     return model, {**log, "reused": False}
 
 
-def run_seed(stages, feats: dict, seed: int, methods: dict, grids: dict | None) -> dict:
-    """Heads and every gate method for one seed; returns candidates and metrics."""
+def trained_exits(stages, feats: dict | None, splits, seed: int, head: str, head_epochs: int):
+    """An ExitNet with trained heads and its cached calibration and test outputs.
+
+    Pooled-linear heads train on the cached pooled features (seconds); other heads train
+    through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does.
+    """
     torch.manual_seed(seed)
-    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head="pool")
-    train_pooled_heads(net, feats["train"][0], feats["train"][2], seed)
-    calib, test = cached_outputs(net, feats["calib"]), cached_outputs(net, feats["test"])
+    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head=head)
+    if head == "pool":
+        train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
+        return net, cached_outputs(net, feats["calib"]), cached_outputs(net, feats["test"])
+    train = make_loader(splits.train, 128, train=True, seed=seed)
+    train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False)
+    caches = [collect_outputs(net, make_loader(getattr(splits, k), 500, train=False), progress=False)
+              for k in ("calib", "test")]
+    return net, *caches
+
+
+def run_seed(net, calib: CachedOutputs, test: CachedOutputs, seed: int, methods: dict, grids: dict | None) -> dict:
+    """Every gate method for one seed's heads; returns candidates and metrics."""
     ev = Evaluator(calib, test, net.cost)
     grids = grids or {k: threshold_grid(confidence_scores(calib.logits, k)) for k in ("max_softmax", "entropy")}
     baselines = {k: confidence_family(ev, k, g) for k, g in grids.items()}
@@ -202,18 +217,9 @@ def run_seed(stages, feats: dict, seed: int, methods: dict, grids: dict | None) 
         start = time.perf_counter()
         net.gate_config = gate_config
         net.gates = make_gates(len(EXITS), [p.shape[1] for p in calib.pooled], gate_config)
-        inputs = calib.gate_inputs(gate_config)
         family = []
-        predictors = scores = None
-        if train_config.objective == "predict":
-            predictors = fit_correctness_gates(net, calib, train_config, seed=seed, inputs=inputs)
-            scores = correctness_scores(net, calib, train_config, seed=seed, inputs=inputs)
-        for alpha in ALPHAS:
-            if predictors is not None:
-                gates = gates_for_alpha(net, predictors, calib, alpha, train_config, inputs=inputs, scores=scores)
-            else:
-                gates = train_gates(net, calib, alpha, train_config, seed=seed, inputs=inputs)
-            family += ev.leenet(alpha, gates, gate_config, DECISION_THRESHOLDS)
+        for alpha, fit in fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed).items():
+            family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
         metrics["seconds"] = time.perf_counter() - start
@@ -270,6 +276,7 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
         "backbone": {"name": f"small_resnet(width={backbone_log['width']}, blocks={backbone_log['blocks']})",
                      "accuracy": backbone_log["test_accuracy"], "flops": int(net_info["flops"]),
                      "macs": int(net_info["flops"] // 2), "training": backbone_log},
+        "heads": {"kind": args.head, "epochs": args.head_epochs},
         "exits": exits, "policies": policies, "operating_points": op_mean,
         **({"selected": {**sel, "reason": "cheapest (alpha, threshold) within 0.5 pt on calibration (seed 0)"}}
            if sel else {}),
@@ -289,8 +296,14 @@ def main() -> None:
     parser.add_argument("--levers", nargs="*", default=[m for m in METHODS if m not in MAIN_METHODS],
                         help="further gate methods, on --lever-seeds only")
     parser.add_argument("--lever-seeds", type=int, nargs="*", default=[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fashion_mnist"))
+    parser.add_argument("--head", choices=("pool", "sdn"), default="pool",
+                        help="exit heads: pool (trained on cached pooled features) or sdn (conv heads)")
+    parser.add_argument("--head-epochs", type=int, default=None, help="default: 15 for pool, 6 for sdn")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/fashion_mnist (pool) or fashion_mnist_sdn")
     args = parser.parse_args()
+    args.head_epochs = args.head_epochs or (15 if args.head == "pool" else 6)
+    args.out = args.out or Path("benchmarks/results/fashion_mnist" + ("" if args.head == "pool" else "_sdn"))
     wall, timings = time.perf_counter(), {}
     splits = load_dataset("fashion-mnist", calib_size=CALIB_SIZE, seed=0)
     t = time.perf_counter()
@@ -310,10 +323,11 @@ def main() -> None:
     runs, grids = [], None
     for seed in args.seeds:
         names = args.methods + (args.levers if seed in args.lever_seeds else [])
-        runs.append(run_seed(stages, feats, seed, {n: METHODS[n] for n in names}, grids))
+        net, calib, test = trained_exits(stages, feats, splits, seed, args.head, args.head_epochs)
+        runs.append(run_seed(net, calib, test, seed, {n: METHODS[n] for n in names}, grids))
         grids = runs[0]["grids"]
     timings["heads_gates_eval"] = time.perf_counter() - t
-    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head="pool")
+    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head=args.head)
     info = {"flops": float(net.backbone_flops),
             "dataset_info": {"num_classes": 10, "image_shape": [1, 28, 28], "num_train": len(splits.train),
                              "num_calib": len(splits.calib), "num_test": len(splits.test)}}

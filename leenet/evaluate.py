@@ -8,7 +8,7 @@ reported.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +30,7 @@ from leenet.policies import (
 COST_BUDGETS = (0.25, 0.5, 0.75, 1.0)
 ACCURACY_DROPS = (0.005, 0.01)
 DROP_MARGIN = 1.0  # standard errors of slack an accuracy budget keeps on calibration
+COST_MARGIN = 1.0  # standard errors of slack a cost budget keeps on calibration
 DECISION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 … 0.90
 
 
@@ -67,15 +68,30 @@ class Evaluator:
 
     def leenet(
         self, alpha: float, gates: nn.ModuleList, config: GateConfig,
-        thresholds: Sequence[float] = (0.5,),
+        thresholds: Sequence[float] = (0.5,), calib_probs: Tensor | None = None,
     ) -> list[Candidate]:
-        """The learned gates for one alpha, at each decision threshold."""
+        """The learned gates for one alpha, at each decision threshold.
+
+        ``calib_probs`` (N, E-1) are the gates' out-of-fold probabilities on the calibration
+        split (:class:`leenet.train.GateFit`). A candidate's calibration cost and exit
+        fractions are always the gates' own: whether a gate fires does not depend on labels,
+        so its cost transfers to new data. Its calibration accuracy is the lower of the gates'
+        own and the out-of-fold routing's: gates judged on the samples they were fit to look
+        surer than they are (the own figure flatters), while the out-of-fold gates, fit on
+        less data, can route differently where an exit switches on or off between alphas
+        (the out-of-fold figure then describes another policy). Neither lower figure flatters.
+        """
         p_calib = gate_probabilities(gates, self.calib.gate_inputs(config))
         p_test = gate_probabilities(gates, self.test.gate_inputs(config))
-        return [
-            Candidate("leenet", alpha, *self._measure(first_exit(p_calib >= t), first_exit(p_test >= t)), threshold=t)
-            for t in thresholds
-        ]
+        out = []
+        for t in thresholds:
+            calib, test = self._measure(first_exit(p_calib >= t), first_exit(p_test >= t))
+            if calib_probs is not None:
+                held_out = summarize(first_exit(calib_probs >= t), self._correct[0], self.cost)
+                if held_out.accuracy < calib.accuracy:
+                    calib = replace(calib, accuracy=held_out.accuracy, drop_stderr=held_out.drop_stderr)
+            out.append(Candidate("leenet", alpha, calib, test, threshold=t))
+        return out
 
     def confidence(self, kind: str) -> list[Candidate]:
         """A confidence-threshold baseline over a grid of thresholds set from calibration scores."""
@@ -101,9 +117,15 @@ class Evaluator:
             oracle_exits(self._correct[0]), oracle_exits(self._correct[1])))
 
 
-def best_within_cost(candidates: Iterable[Candidate], max_cost: float) -> Candidate | None:
-    """Most accurate candidate on calibration whose calibration cost is at most ``max_cost``."""
-    fits = [c for c in candidates if c.calib.cost <= max_cost + 1e-9]
+def best_within_cost(
+    candidates: Iterable[Candidate], max_cost: float, *, margin: float = COST_MARGIN
+) -> Candidate | None:
+    """Most accurate candidate on calibration whose calibration cost is at most ``max_cost``.
+
+    The cost must fit with ``margin`` standard errors of the mean cost to spare, so that a
+    candidate right at the budget does not overshoot it on new data by sampling noise.
+    """
+    fits = [c for c in candidates if c.calib.cost + margin * c.calib.cost_stderr <= max_cost + 1e-9]
     return max(fits, key=lambda c: (c.calib.accuracy, -c.calib.cost), default=None)
 
 

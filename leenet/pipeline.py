@@ -24,19 +24,22 @@ from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.policies import CachedOutputs
 from leenet.split import split_backbone
-from leenet.train import (GateTrainConfig, collect_outputs, correctness_scores, fit_correctness_gates, freeze_,
-                          gates_for_alpha, train_classifier, train_gates, train_heads)
+from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, train_classifier,
+                          train_heads)
 
 # Per dataset: the backbone used when --arch is not given, how long things train, and the
-# exit heads and gates (chosen by benchmarks/objective_forms.py and benchmarks/fashion_mnist.py:
-# with digits' 287 calibration images the expected-loss gates on confidence features win;
-# with 10k calibration images correctness-predicting gates on pooled features win by far).
+# exit heads and gates, chosen by measurement (benchmarks/objective_forms.py on digits,
+# benchmarks/fashion_mnist.py; docs/benchmark.md): with digits' 287 calibration images the
+# expected-loss gates on confidence features win; with 10k calibration images gates that
+# predict their exit's correctness win, helped by pooled features behind weak pooled-linear
+# heads but not behind SDN heads, which lift every curve on Fashion-MNIST.
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="soft", loss="ce")}
 _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS = {
     # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
     "digits": {"arch": "digits_cnn", "epochs": 40, "head_epochs": 30, "head": "flatten", **_SMALL_CALIB},
-    "fashion-mnist": {"arch": "small_resnet", "epochs": 18, "head_epochs": 6, "head": "pool", **_LARGE_CALIB},
+    "fashion-mnist": {"arch": "small_resnet", "epochs": 18, "head_epochs": 6, "head": "sdn", "gate": GateConfig(),
+                      "gate_train": GateTrainConfig(objective="predict", loss="error")},
     "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
     "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
     "imagenette": {"arch": "resnet50", "epochs": 20, "head_epochs": 5, "head": "pool", **_LARGE_CALIB},
@@ -142,11 +145,14 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
         test = _cache(net, loader(splits.test, False), device, config.progress, "test")
 
     with timer.phase("gates"):
-        bank = _gate_bank(net, calib, config, config.train.gates or defaults["gate_train"])
+        gate_cfg = config.train.gates or defaults["gate_train"]
+        bank = fit_gate_sweep(net, calib, config.alphas, gate_cfg, seed=config.seed, progress=config.progress)
 
     with timer.phase("evaluate"):
         results, chosen = _evaluate(net, calib, test, bank, config)
-        net.gates.load_state_dict(bank[chosen["alpha"]].state_dict())
+        results["leenet_calibration_figures"] = (
+            f"out-of-fold ({gate_cfg.crossfit} folds)" if gate_cfg.crossfit > 1 else "in-sample")
+        net.gates.load_state_dict(bank[chosen["alpha"]].gates.state_dict())
         net.threshold = chosen["threshold"]
         results["routed_check"] = _routed_check(net, loader(splits.test, False), device, results["selected"])
 
@@ -259,31 +265,12 @@ def _cache(net: ExitNet, loader, device, progress: bool, name: str) -> CachedOut
                            desc=f"caching {name} exits")
 
 
-def _gate_bank(net: ExitNet, calib: CachedOutputs, config: RunConfig,
-               gate_cfg: GateTrainConfig) -> dict[float, torch.nn.ModuleList]:
-    from tqdm.auto import tqdm
-
-    inputs = calib.gate_inputs(net.gate_config)
-    # "predict" fits its alpha-free correctness predictors once; each alpha only moves thresholds.
-    predictors = scores = None
-    if gate_cfg.objective == "predict":
-        predictors = fit_correctness_gates(net, calib, gate_cfg, seed=config.seed, inputs=inputs)
-        scores = correctness_scores(net, calib, gate_cfg, seed=config.seed, inputs=inputs)
-    bank = {}
-    for alpha in tqdm(config.alphas, desc="gates over alphas", leave=False, disable=not config.progress):
-        if predictors is not None:
-            bank[alpha] = gates_for_alpha(net, predictors, calib, alpha, gate_cfg, inputs=inputs, scores=scores)
-        else:
-            bank[alpha] = train_gates(net, calib, alpha, gate_cfg, seed=config.seed, inputs=inputs)
-    return bank
-
-
 def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dict, config: RunConfig):
     """All policies on both splits; the saved model's alpha and threshold chosen on calibration."""
     ev = Evaluator(calib, test, net.cost)
     family, curve = [], []
-    for alpha, gates in bank.items():
-        candidates = ev.leenet(alpha, gates, net.gate_config, DECISION_THRESHOLDS)
+    for alpha, fit in bank.items():
+        candidates = ev.leenet(alpha, fit.gates, net.gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         family += candidates
         curve += [c for c in candidates if c.threshold == net.threshold]
     max_softmax, entropy = ev.confidence("max_softmax"), ev.confidence("entropy")
@@ -367,7 +354,7 @@ def _write_artifacts(out: Path, net: ExitNet, results: dict, config: RunConfig, 
         "gate": dict(vars(net.gate_config)), "threshold": net.threshold,
         "alpha": chosen["alpha"], "dataset": spec.name, "mean": list(spec.mean), "std": list(spec.std),
     }
-    save_checkpoint(out / "model.pt", net, build_spec, gate_bank=bank)
+    save_checkpoint(out / "model.pt", net, build_spec, gate_bank={a: fit.gates for a, fit in bank.items()})
     _write_json(out / "config.json", config.to_dict())
     write_report(results, out)
     _write_json(out / "results.json", results)

@@ -68,6 +68,7 @@ class PolicyResult:
     # Standard error of (accuracy - the final exit's accuracy) on the same samples (McNemar:
     # sqrt(share of samples where exactly one of the two is right / N)); 0 when unknown.
     drop_stderr: float = 0.0
+    cost_stderr: float = 0.0  # standard error of the mean cost (per-sample cost spread / sqrt(N))
 
     def as_dict(self) -> dict:
         return {
@@ -99,11 +100,14 @@ def summarize(exit_index: Tensor, correct: Tensor, cost: Tensor) -> PolicyResult
         cost: (E,) relative cost of each exit.
     """
     chosen = correct.gather(1, exit_index[:, None]).squeeze(1)  # (N,)
-    mean_cost = cost.to(exit_index.device)[exit_index].float().mean()
-    fractions = torch.bincount(exit_index, minlength=correct.shape[1]).float() / len(exit_index)
+    n = len(exit_index)
+    sample_cost = cost.to(exit_index.device)[exit_index].float()  # (N,)
+    fractions = torch.bincount(exit_index, minlength=correct.shape[1]).float() / n
     discordant = (chosen != correct[:, -1]).float().mean()
-    stderr = math.sqrt(float(discordant) / len(exit_index))
-    return PolicyResult(float(chosen.float().mean()), float(mean_cost), tuple(float(f) for f in fractions), stderr)
+    stderr = math.sqrt(float(discordant) / n)
+    cost_stderr = float(sample_cost.std(correction=0)) / math.sqrt(n)
+    return PolicyResult(float(chosen.float().mean()), float(sample_cost.mean()), tuple(float(f) for f in fractions),
+                        stderr, cost_stderr)
 
 
 @torch.no_grad()

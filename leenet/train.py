@@ -32,7 +32,8 @@ class GateTrainConfig:
     steps: int = 300  # full-batch Adam steps per alpha
     lr: float = 0.01  # Adam learning rate
     weight_decay: float = 1e-4  # AdamW weight decay of the gate MLPs
-    crossfit: int = 2  # "predict": choose thresholds on out-of-fold scores from this many folds; 1 = in-sample
+    crossfit: int = 2  # folds for out-of-fold calibration estimates ("predict" also sets its thresholds
+    # on out-of-fold scores); 1 = judge gates on the samples they were fit to
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -277,7 +278,7 @@ def correctness_scores(
         return None
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
     n = len(cache.labels)
-    fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % config.crossfit  # (N,)
+    fold = _folds(n, config.crossfit, seed)
     correct = cache.correct.float()
     scores = torch.empty(n, net.num_exits - 1)
     for k in range(config.crossfit):
@@ -310,19 +311,96 @@ def gates_for_alpha(
             :func:`correctness_scores`; None = the predictors' own (in-sample) scores.
     """
     alpha = check_alpha(alpha)
-    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    if not len(predictors):
+        return copy.deepcopy(predictors).eval()
+    return _shifted(predictors, _alpha_thresholds(net, predictors, cache, alpha, config, inputs=inputs, scores=scores))
+
+
+def _shifted(predictors: nn.ModuleList, thresholds: Tensor) -> nn.ModuleList:
+    """Copies of the predictors whose logit crosses 0 where the original crosses ``thresholds``."""
     gates = copy.deepcopy(predictors)
-    if len(gates) and alpha == 0.0:  # compute is free: every sample runs to the backbone's own exit
-        with torch.no_grad():
-            for gate in gates:
-                gate.mlp[-1].bias.sub_(NEVER)
-    elif len(gates):
-        losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-        if scores is None:
-            with torch.no_grad():
-                scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)
-        _shift_to_objective(gates, scores, losses, net.cost.detach().float().cpu(), alpha)
+    with torch.no_grad():
+        for gate, t in zip(gates, thresholds):
+            gate.mlp[-1].bias.sub_(t)
     return gates.eval()
+
+
+def _alpha_thresholds(
+    net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, alpha: float, config: GateTrainConfig,
+    *, inputs: Sequence[Tensor] | None, scores: Tensor | None,
+) -> Tensor:
+    """(E-1,) logit thresholds at which the correctness predictors should fire for ``alpha``."""
+    alpha = check_alpha(alpha)
+    if alpha == 0.0:  # compute is free: every sample runs to the backbone's own exit
+        return torch.full((len(predictors),), NEVER)
+    if scores is None:
+        inputs = inputs if inputs is not None else cache.gate_inputs(net.gate_config)
+        with torch.no_grad():
+            scores = torch.stack([gate.logit(x.detach()) for gate, x in zip(predictors, inputs)], dim=1)
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+    return _objective_thresholds(scores, losses, net.cost.detach().float().cpu(), alpha)
+
+
+@dataclass
+class GateFit:
+    """The gates for one alpha and what they do to calibration samples they never saw."""
+
+    gates: nn.ModuleList  # fit on the whole calibration split: what the model ships with
+    calib_probs: Tensor | None  # (N, E-1) out-of-fold gate probabilities; None = no held-out estimate
+
+
+def fit_gate_sweep(
+    net: ExitNet, cache: CachedOutputs, alphas: Sequence[float], config: GateTrainConfig = GateTrainConfig(),
+    *, seed: int = 0, inputs: Sequence[Tensor] | None = None, progress: bool = False,
+) -> dict[float, GateFit]:
+    """Gates for every alpha, each with out-of-fold calibration probabilities.
+
+    Choosing an alpha or a budget on the calibration split needs the gates' behaviour on
+    samples they were not fit to: gates judged on their own training samples look surer
+    than they are, and a "0.5 point drop" chosen that way becomes 1.5 points on new data.
+    With ``config.crossfit = K > 1`` each calibration sample's gate probabilities come from
+    gates fit without it: for "predict", the out-of-fold correctness scores against the
+    alpha's thresholds; for "soft" and "hard", gates retrained on the other K-1 folds (K more
+    fits per alpha, on smaller data). The shipped gates are always fit on the whole split.
+    """
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    predictors = scores = None
+    if config.objective == "predict" and net.num_exits > 1:
+        predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
+        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
+    fits = {}
+    for alpha in _progress(alphas, len(alphas), "gates over alphas", progress):
+        if predictors is not None:
+            shift = _alpha_thresholds(net, predictors, cache, alpha, config, inputs=inputs, scores=scores)
+            gates = _shifted(predictors, shift)
+            held_out = None if scores is None else torch.sigmoid(scores - shift)
+        else:
+            gates = train_gates(net, cache, alpha, config, seed=seed, inputs=inputs)
+            held_out = _crossfit_probabilities(net, cache, alpha, config, seed=seed, inputs=inputs)
+        fits[alpha] = GateFit(gates, held_out)
+    return fits
+
+
+def _crossfit_probabilities(net: ExitNet, cache: CachedOutputs, alpha: float, config: GateTrainConfig,
+                            *, seed: int, inputs: Sequence[Tensor]) -> Tensor | None:
+    """(N, E-1) gate probabilities of each calibration sample from gates trained without its fold."""
+    n = len(cache.labels)
+    if config.crossfit < 2 or net.num_exits < 2:
+        return None
+    fold = _folds(n, config.crossfit, seed)
+    probs = torch.empty(n, net.num_exits - 1)
+    for k in range(config.crossfit):
+        fit, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+        part = CachedOutputs(cache.logits[fit], [p[fit] for p in cache.pooled], cache.labels[fit])
+        gates = train_gates(net, part, alpha, config, seed=seed + 1 + k, inputs=[x[fit] for x in inputs])
+        with torch.no_grad():
+            probs[held] = torch.stack([g(x[held]) for g, x in zip(gates, inputs)], dim=1)
+    return probs
+
+
+def _folds(n: int, k: int, seed: int) -> Tensor:
+    """(N,) fold index of each sample: a seeded random, balanced assignment to ``k`` folds."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % k
 
 
 def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Tensor,
@@ -339,9 +417,9 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
 
 
 @torch.no_grad()
-def _shift_to_objective(gates: nn.ModuleList, scores: Tensor, losses: Tensor, cost: Tensor,
-                        alpha: float, grid: int = 64, rounds: int = 3) -> None:
-    """Shift each gate's output bias so that firing at 0.5 minimizes the calibration objective.
+def _objective_thresholds(scores: Tensor, losses: Tensor, cost: Tensor, alpha: float,
+                          grid: int = 64, rounds: int = 3) -> Tensor:
+    """(E-1,) score thresholds at which firing minimizes the calibration objective.
 
     Gate ``i`` fires when its score reaches a threshold ``t_i``; the thresholds minimizing
     the mean of ``(1 − α) l + α cost`` over the calibration samples are found by a shared
@@ -367,8 +445,7 @@ def _shift_to_objective(gates: nn.ModuleList, scores: Tensor, losses: Tensor, co
             trial[:, i] = options
             values = objective(trial)
             best = trial[_last_argmin(values)].clone()
-    for gate, t in zip(gates, best):
-        gate.mlp[-1].bias.sub_(t)
+    return best
 
 
 def _last_argmin(values: Tensor) -> int:

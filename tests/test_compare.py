@@ -135,3 +135,72 @@ def test_crossfit_scores_are_out_of_fold(tiny_stages, tiny_input):
     ref = gates_for_alpha(net, predictors, cache, 0.3, config, inputs=inputs, scores=scores)
     again = train_gates(net, cache, 0.3, config, seed=0)
     assert torch.equal(gate_probabilities(again, inputs), gate_probabilities(ref, inputs))
+
+
+def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_input):
+    """'soft' sweeps: each calibration sample's probabilities come from gates fit without its fold."""
+    import torch
+
+    from leenet.policies import CachedOutputs, gate_probabilities
+    from leenet.train import GateTrainConfig, _folds, fit_gate_sweep, train_gates
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="soft", loss="error", steps=30, crossfit=2)
+    inputs = cache.gate_inputs(net.gate_config)
+    fits = fit_gate_sweep(net, cache, [0.2, 0.6], config, seed=3)
+    fold = _folds(len(cache.labels), 2, 3)
+    for alpha, fit in fits.items():
+        shipped = train_gates(net, cache, alpha, config, seed=3)  # the model's gates see all of calibration
+        assert torch.equal(gate_probabilities(fit.gates, inputs), gate_probabilities(shipped, inputs))
+        for k in range(2):  # slow reference: refit on the other fold by hand
+            fit_idx, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+            part = CachedOutputs(cache.logits[fit_idx], [p[fit_idx] for p in cache.pooled], cache.labels[fit_idx])
+            gates = train_gates(net, part, alpha, config, seed=3 + 1 + k)
+            expected = gate_probabilities(gates, [x[held] for x in inputs])
+            torch.testing.assert_close(fit.calib_probs[held], expected)
+    in_sample = fit_gate_sweep(net, cache, [0.2], GateTrainConfig(steps=5, crossfit=1))
+    assert in_sample[0.2].calib_probs is None
+
+
+def test_gate_sweep_predict_moves_out_of_fold_scores_by_the_shipped_shift(tiny_stages, tiny_input):
+    """'predict': held-out probabilities are the out-of-fold scores against the same thresholds."""
+    import torch
+
+    from leenet.train import GateTrainConfig, correctness_scores, fit_correctness_gates, fit_gate_sweep
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss="error", steps=40, crossfit=2)
+    inputs = cache.gate_inputs(net.gate_config)
+    fits = fit_gate_sweep(net, cache, [0.0, 0.4], config, seed=1)
+    assert fits[0.0].calib_probs.max() == 0  # alpha = 0: nobody leaves early
+    predictors = fit_correctness_gates(net, cache, config, seed=1, inputs=inputs)
+    oof = correctness_scores(net, cache, config, seed=1, inputs=inputs)
+    in_sample = torch.stack([g.logit(x) for g, x in zip(predictors, inputs)], dim=1).detach()
+    fit = fits[0.4]
+    shipped_shift = in_sample - torch.stack([g.logit(x) for g, x in zip(fit.gates, inputs)], dim=1).detach()
+    held_shift = oof - torch.logit(fit.calib_probs.double()).float()
+    finite = fit.calib_probs.gt(1e-4) & fit.calib_probs.lt(1 - 1e-4)  # float32 sigmoid inverts well here
+    torch.testing.assert_close(held_shift[finite], shipped_shift[finite], atol=5e-3, rtol=0)
+    assert torch.allclose(shipped_shift, shipped_shift[:1].expand_as(shipped_shift), atol=1e-4)
+
+
+def test_evaluator_calibration_accuracy_is_the_lower_of_own_and_held_out(tiny_stages, tiny_input):
+    import torch
+
+    from leenet.evaluate import Evaluator
+    from leenet.train import GateTrainConfig, fit_gate_sweep
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    fit = fit_gate_sweep(net, cache, [0.3], GateTrainConfig(steps=20), seed=0)[0.3]
+    ev = Evaluator(cache, cache, net.cost)
+    own = ev.leenet(0.3, fit.gates, net.gate_config)[0]
+    for exit_ in range(net.num_exits):  # held-out routing sends everybody to one exit
+        routed = torch.zeros_like(fit.calib_probs)
+        routed[:, exit_:] = 1.0
+        c = ev.leenet(0.3, fit.gates, net.gate_config, calib_probs=routed)[0]
+        held_out = float(cache.correct[:, exit_].float().mean())
+        # accuracy: the lower of the gates' own and the held-out routing's
+        assert c.calib.accuracy == pytest.approx(min(held_out, own.calib.accuracy))
+        # cost and exit fractions are the shipped gates' own: they do not depend on labels
+        assert (c.calib.cost, c.calib.exit_fractions) == (own.calib.cost, own.calib.exit_fractions)
+        assert c.test == own.test

@@ -216,3 +216,19 @@ def test_summarize_drop_stderr_is_mcnemar() -> None:
     correct = torch.tensor([[1, 1], [0, 1], [1, 0], [1, 1]], dtype=torch.bool)
     result = summarize(torch.tensor([0, 0, 0, 1]), correct, torch.tensor([0.5, 1.0]))
     assert result.drop_stderr == pytest.approx((2 / 4 / 4) ** 0.5)  # 2 of 4 discordant
+
+
+def test_cost_budgets_keep_a_margin_of_standard_errors() -> None:
+    """A candidate right at the cost budget overshoots it half the time on new data: skipped."""
+    edge = Candidate("leenet", 0.5, PolicyResult(0.95, 0.499, (0.5, 0.5), cost_stderr=0.004),
+                     PolicyResult(0.95, 0.503, (0.5, 0.5)))
+    inside = Candidate("leenet", 0.6, PolicyResult(0.94, 0.49, (0.6, 0.4), cost_stderr=0.004),
+                       PolicyResult(0.94, 0.49, (0.6, 0.4)))
+    assert best_within_cost([edge, inside], 0.5, margin=0.0) is edge
+    assert best_within_cost([edge, inside], 0.5) is inside
+
+
+def test_summarize_cost_stderr_is_the_standard_error_of_the_mean_cost() -> None:
+    correct = torch.ones(4, 2, dtype=torch.bool)
+    result = summarize(torch.tensor([0, 0, 1, 1]), correct, torch.tensor([0.5, 1.0]))
+    assert result.cost == pytest.approx(0.75) and result.cost_stderr == pytest.approx(0.25 / 2)

@@ -1,0 +1,122 @@
+"""Markdown tables from a benchmark's ``results.json`` (what docs/benchmark.md and the README quote).
+
+``python benchmarks/tables.py benchmarks/results/fashion_mnist_sdn/results.json`` prints the
+per-exit accuracies, the operating points of LEENet and both threshold baselines, the issue's
+targets, budget mode and every gate method ("lever"), all as mean ± std over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METHODS = ("leenet", "max_softmax", "entropy")
+
+
+def pct(mean: float, std: float | None = None, digits: int = 2) -> str:
+    """Accuracy fraction → percent, with ± std when there is one."""
+    text = f"{100 * mean:.{digits}f}"
+    return text + (f" ± {100 * std:.{digits}f}" if std else "")
+
+
+def exits_table(r: dict) -> str:
+    rows = ["| exit | cost | accuracy (%) |", "|---|---|---|"]
+    rows += [f"| {e['name']} | {e['cost']:.3f} | {pct(e['accuracy'], e.get('accuracy_std'))} |" for e in r["exits"]]
+    return "\n".join(rows)
+
+
+def operating_points_table(r: dict) -> str:
+    seeds = len(r["seeds"])
+    by_name: dict[str, dict[str, dict]] = {}
+    for p in r["operating_points"]:
+        by_name.setdefault(p["name"], {})[p["method"]] = p
+    rows = ["| operating point (chosen on calibration, reported on test) | LEENet | max-softmax | entropy |",
+            "|---|---|---|---|"]
+    for name, per_method in by_name.items():
+        cells = []
+        for m in METHODS:
+            p = per_method.get(m)
+            if p is None or "accuracy" not in p:
+                cells.append("unreachable")
+                continue
+            held = f"held {p['met_on_test_seeds']}/{seeds}"
+            cells.append(f"{pct(p['accuracy'], p.get('accuracy_std'))} % at cost {p['cost']:.3f} ({held})")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _ms(entry: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+    if entry is None:
+        return "n/a"
+    text = f"{scale * entry['mean']:+.{digits}f}" if scale != 1.0 else f"{entry['mean']:.{digits}f}"
+    return text + (f" ± {scale * entry['std']:.{digits}f}" if entry["std"] else "")
+
+
+def targets_table(r: dict) -> str:
+    t = r["targets"]
+    return "\n".join([
+        "| measure (test split, mean ± std over seeds) | value |",
+        "|---|---|",
+        f"| (a) cost of the cheapest setting within 0.5 pt on calibration | {_ms(t['cost_at_0.5pt'])} |",
+        f"| (a) its accuracy drop on test (pt) | {_ms(t['drop_at_0.5pt'], 100, 2)} |",
+        f"| (b) area between envelopes, α-curve (pt × cost) | {_ms(t['area'], 100, 2)} |",
+        f"| (b) worst gap, α-curve (pt) at cost | {_ms(t['worst_gap'], 100, 2)} at {_ms(t['worst_cost'])} |",
+        f"| (b) area, whole α × threshold family (pt × cost) | {_ms(t['family_area'], 100, 2)} |",
+        f"| (b) worst gap, whole family (pt) | {_ms(t['family_worst_gap'], 100, 2)} |",
+        f"| (c) largest cost jump between neighbouring alphas | {_ms(t['max_jump'])} |",
+        f"| (c) accuracy lost at alpha = 0 (pt) | {_ms(t['alpha0_drop'], 100, 2)} |",
+    ])
+
+
+def budgets_table(r: dict) -> str:
+    rows = ["| budget | seed | alpha, threshold | calibration | test | held |", "|---|---|---|---|---|---|"]
+    for name, per_seed in r["budget_mode"].items():
+        for seed, b in zip(r["seeds"], per_seed):
+            if not b["reachable"]:
+                rows.append(f"| {name} | {seed} | unreachable | | | |")
+                continue
+            rows.append(f"| {name} | {seed} | {b['alpha']:g}, {b['threshold']:g} | "
+                        f"{pct(b['calib']['accuracy'])} % at {b['calib']['cost']:.3f} | "
+                        f"{pct(b['test']['accuracy'])} % at {b['test']['cost']:.3f} | "
+                        f"{'yes' if b['met_on_test'] else '**no**'} |")
+    return "\n".join(rows)
+
+
+def levers_table(r: dict) -> str:
+    rows = ["| gate method | seeds | area α-curve | worst gap (pt) @ cost | area α × thr. | cost @ ≤ 0.5 pt "
+            "| test drop there (pt) | max α-jump | α=0 loss (pt) | s / sweep |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["levers"].items():
+        chosen = " (reported as leenet)" if name == r["gate_method"] else ""
+        rows.append(
+            f"| {name}{chosen} | {m['seeds']} | {_ms(m['area'], 100, 2)} | {_ms(m['worst_gap'], 100, 1)} @ "
+            f"{m['worst_cost']['mean']:.2f} | {_ms(m['family_area'], 100, 2)} | {_ms(m['cost_at_0.5pt'])} | "
+            f"{_ms(m['drop_at_0.5pt'], 100, 2)} | {_ms(m['max_jump'])} | {_ms(m['alpha0_drop'], 100, 2)} | "
+            f"{m['seconds_per_sweep']:.1f} |")
+    return "\n".join(rows)
+
+
+def curve_line(r: dict) -> str:
+    curve = [p for p in r["policies"] if p["method"] == "leenet"]
+    return "; ".join(f"α={p['param']:g} {pct(p['accuracy'])} % at {p['cost']:.3f}" for p in curve)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", type=Path, nargs="+", help="results.json of benchmarks/fashion_mnist.py")
+    args = parser.parse_args()
+    for path in args.results:
+        r = json.loads(path.read_text())
+        machine = r.get("machine", {})
+        print(f"## {path}\n\nbackbone {r['backbone']['name']}: {pct(r['backbone']['accuracy'])} %; heads "
+              f"{r.get('heads', {}).get('kind', 'pool')}; seeds {r['seeds']}; reported gate method "
+              f"{r['gate_method']}; {machine.get('command')} on {machine.get('date')}; timings "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items()) + "\n")
+        for table in (exits_table, operating_points_table, targets_table, budgets_table, levers_table):
+            print(table(r) + "\n")
+        print("LEENet curve (threshold 0.5): " + curve_line(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
