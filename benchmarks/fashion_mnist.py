@@ -186,14 +186,14 @@ def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Mo
     return model, {**log, "reused": False}
 
 
-def trained_exits(stages, feats: dict | None, splits, seed: int, head: str, head_epochs: int):
+def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: int, head: str, head_epochs: int):
     """An ExitNet with trained heads and its cached calibration and test outputs.
 
     Pooled-linear heads train on the cached pooled features (seconds); other heads train
     through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does.
     """
     torch.manual_seed(seed)
-    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head=head)
+    net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head)
     if head == "pool":
         train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
         return net, cached_outputs(net, feats["calib"]), cached_outputs(net, feats["test"])
@@ -212,11 +212,11 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, seed: int, methods:
     singles, oracle = ev.single_exits(), ev.oracle()
     both = baselines["max_softmax"] + baselines["entropy"]
     out = {"grids": grids, "baselines": baselines, "singles": singles, "oracle": oracle,
-           "cost": net.cost.tolist(), "methods": {}}
+           "cost": net.cost.tolist(), "exit_names": net.exit_names, "methods": {}}
     for name, (gate_config, train_config) in methods.items():
         start = time.perf_counter()
         net.gate_config = gate_config
-        net.gates = make_gates(len(EXITS), [p.shape[1] for p in calib.pooled], gate_config)
+        net.gates = make_gates(net.num_exits - 1, [p.shape[1] for p in calib.pooled], gate_config)
         family = []
         for alpha, fit in fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed).items():
             family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
@@ -243,7 +243,7 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
     policies += average_policies([r["singles"] for r in runs]) + average_policies([[r["oracle"]] for r in runs])
     singles = [r["singles"] for r in runs]
     exits = []
-    for i, name in enumerate([*EXITS, "final"]):
+    for i, name in enumerate(runs[0]["exit_names"]):
         acc = mean_std([s[i].test.accuracy for s in singles])
         exits.append({"name": name, "cost": runs[0]["cost"][i], "accuracy": acc[0], "accuracy_std": acc[1],
                       "flops": int(round(runs[0]["cost"][i] * net_info["flops"]))})
@@ -299,6 +299,8 @@ def main() -> None:
     parser.add_argument("--head", choices=("pool", "sdn"), default="pool",
                         help="exit heads: pool (trained on cached pooled features) or sdn (conv heads)")
     parser.add_argument("--head-epochs", type=int, default=None, help="default: 15 for pool, 6 for sdn")
+    parser.add_argument("--exits", type=lambda text: text.split(","), default=list(EXITS),
+                        help="comma-separated exit points (default: " + ",".join(EXITS) + ")")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/fashion_mnist (pool) or fashion_mnist_sdn")
     args = parser.parse_args()
@@ -310,9 +312,10 @@ def main() -> None:
     backbone, log = load_or_train_backbone(args.backbone, splits, args.reuse)
     timings["backbone"] = time.perf_counter() - t if not log["reused"] else log["train_seconds"]
     freeze_(backbone)
-    stages = split_backbone(backbone, list(EXITS))
+    stages = split_backbone(backbone, args.exits)
     t = time.perf_counter()
-    feature_path = args.backbone.with_name(args.backbone.stem + "_features.pt")
+    suffix = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
+    feature_path = args.backbone.with_name(args.backbone.stem + suffix + "_features.pt")
     if args.reuse and log["reused"] and feature_path.exists():
         feats = torch.load(feature_path, weights_only=False)
     else:
@@ -323,11 +326,11 @@ def main() -> None:
     runs, grids = [], None
     for seed in args.seeds:
         names = args.methods + (args.levers if seed in args.lever_seeds else [])
-        net, calib, test = trained_exits(stages, feats, splits, seed, args.head, args.head_epochs)
+        net, calib, test = trained_exits(stages, args.exits, feats, splits, seed, args.head, args.head_epochs)
         runs.append(run_seed(net, calib, test, seed, {n: METHODS[n] for n in names}, grids))
         grids = runs[0]["grids"]
     timings["heads_gates_eval"] = time.perf_counter() - t
-    net = attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head=args.head)
+    net = attach_exits(stages, args.exits, input_shape=(1, 28, 28), num_classes=10, head=args.head)
     info = {"flops": float(net.backbone_flops),
             "dataset_info": {"num_classes": 10, "image_shape": [1, 28, 28], "num_train": len(splits.train),
                              "num_calib": len(splits.calib), "num_test": len(splits.test)}}
