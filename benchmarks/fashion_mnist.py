@@ -314,13 +314,15 @@ def main() -> None:
     freeze_(backbone)
     stages = split_backbone(backbone, args.exits)
     t = time.perf_counter()
-    suffix = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
-    feature_path = args.backbone.with_name(args.backbone.stem + suffix + "_features.pt")
-    if args.reuse and log["reused"] and feature_path.exists():
-        feats = torch.load(feature_path, weights_only=False)
-    else:
-        feats = {k: pooled_features(stages, getattr(splits, k)) for k in ("train", "calib", "test")}
-        torch.save(feats, feature_path)
+    feats = None  # pooled features: only pooled-linear heads train on them
+    if args.head == "pool":
+        suffix = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
+        feature_path = args.backbone.with_name(args.backbone.stem + suffix + "_features.pt")
+        if args.reuse and log["reused"] and feature_path.exists():
+            feats = torch.load(feature_path, weights_only=False)
+        else:
+            feats = {k: pooled_features(stages, getattr(splits, k)) for k in ("train", "calib", "test")}
+            torch.save(feats, feature_path)
     timings["feature_cache"] = time.perf_counter() - t
     t = time.perf_counter()
     runs, grids = [], None

@@ -277,12 +277,9 @@ def correctness_scores(
     if config.crossfit < 2 or net.num_exits < 2:
         return None
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
-    n = len(cache.labels)
-    fold = _folds(n, config.crossfit, seed)
     correct = cache.correct.float()
-    scores = torch.empty(n, net.num_exits - 1)
-    for k in range(config.crossfit):
-        fit, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+    scores = torch.empty(len(cache.labels), net.num_exits - 1)
+    for k, (fit, held) in enumerate(_fold_splits(len(cache.labels), config.crossfit, seed)):
         gates = _fresh_gates(net, [x[fit] for x in inputs], seed + 1 + k)
         _fit_predictors(gates, [x[fit] for x in inputs], correct[fit], config)
         with torch.no_grad():
@@ -384,13 +381,10 @@ def fit_gate_sweep(
 def _crossfit_probabilities(net: ExitNet, cache: CachedOutputs, alpha: float, config: GateTrainConfig,
                             *, seed: int, inputs: Sequence[Tensor]) -> Tensor | None:
     """(N, E-1) gate probabilities of each calibration sample from gates trained without its fold."""
-    n = len(cache.labels)
     if config.crossfit < 2 or net.num_exits < 2:
         return None
-    fold = _folds(n, config.crossfit, seed)
-    probs = torch.empty(n, net.num_exits - 1)
-    for k in range(config.crossfit):
-        fit, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+    probs = torch.empty(len(cache.labels), net.num_exits - 1)
+    for k, (fit, held) in enumerate(_fold_splits(len(cache.labels), config.crossfit, seed)):
         part = CachedOutputs(cache.logits[fit], [p[fit] for p in cache.pooled], cache.labels[fit])
         gates = train_gates(net, part, alpha, config, seed=seed + 1 + k, inputs=[x[fit] for x in inputs])
         with torch.no_grad():
@@ -398,9 +392,10 @@ def _crossfit_probabilities(net: ExitNet, cache: CachedOutputs, alpha: float, co
     return probs
 
 
-def _folds(n: int, k: int, seed: int) -> Tensor:
-    """(N,) fold index of each sample: a seeded random, balanced assignment to ``k`` folds."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % k
+def _fold_splits(n: int, k: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    """``k`` (fit, held) index pairs of a seeded, balanced split: each sample is held out once."""
+    fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % k  # (N,)
+    return [((fold != i).nonzero().squeeze(1), (fold == i).nonzero().squeeze(1)) for i in range(k)]
 
 
 def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Tensor,

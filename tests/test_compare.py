@@ -142,18 +142,19 @@ def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_
     import torch
 
     from leenet.policies import CachedOutputs, gate_probabilities
-    from leenet.train import GateTrainConfig, _folds, fit_gate_sweep, train_gates
+    from leenet.train import GateTrainConfig, _fold_splits, fit_gate_sweep, train_gates
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
     config = GateTrainConfig(objective="soft", loss="error", steps=30, crossfit=2)
     inputs = cache.gate_inputs(net.gate_config)
     fits = fit_gate_sweep(net, cache, [0.2, 0.6], config, seed=3)
-    fold = _folds(len(cache.labels), 2, 3)
+    splits = _fold_splits(len(cache.labels), 2, 3)
+    held_total = torch.cat([held for _, held in splits]).sort().values
+    assert torch.equal(held_total, torch.arange(len(cache.labels)))  # every sample held out exactly once
     for alpha, fit in fits.items():
         shipped = train_gates(net, cache, alpha, config, seed=3)  # the model's gates see all of calibration
         assert torch.equal(gate_probabilities(fit.gates, inputs), gate_probabilities(shipped, inputs))
-        for k in range(2):  # slow reference: refit on the other fold by hand
-            fit_idx, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
+        for k, (fit_idx, held) in enumerate(splits):  # slow reference: refit on the other fold by hand
             part = CachedOutputs(cache.logits[fit_idx], [p[fit_idx] for p in cache.pooled], cache.labels[fit_idx])
             gates = train_gates(net, part, alpha, config, seed=3 + 1 + k)
             expected = gate_probabilities(gates, [x[held] for x in inputs])
