@@ -42,7 +42,8 @@ from leenet.train import GateTrainConfig, collect_outputs, fit_gate_sweep, freez
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
-MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled")  # run on every seed; the rest on --lever-seeds
+# run on every seed; the rest on --lever-seeds. Alphas are in range units unless "raw units" says otherwise.
+MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled", "predict-error raw units")
 METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "soft-ce": (GateConfig(), GateTrainConfig(objective="soft", loss="ce")),
     "soft-error": (GateConfig(), GateTrainConfig(loss="error")),
@@ -54,6 +55,10 @@ METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
                                        GateTrainConfig(objective="predict", loss="error", crossfit=1)),
     "soft-ce in-sample": (GateConfig(), GateTrainConfig(objective="soft", loss="ce", crossfit=1)),
     "predict-ce": (GateConfig(), GateTrainConfig(objective="predict", loss="ce")),
+    "predict-error raw units": (GateConfig(), GateTrainConfig(objective="predict", loss="error", alpha_units="raw")),
+    "predict-error pooled raw units": (GateConfig(pooled=True),
+                                       GateTrainConfig(objective="predict", loss="error", alpha_units="raw")),
+    "soft-ce raw units": (GateConfig(), GateTrainConfig(objective="soft", loss="ce", alpha_units="raw")),
 }
 
 
@@ -206,7 +211,7 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
 
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, seed: int, methods: dict, grids: dict | None) -> dict:
     """Every gate method for one seed's heads; returns candidates and metrics."""
-    ev = Evaluator(calib, test, net.cost)
+    ev = Evaluator.of(net, calib, test)
     grids = grids or {k: threshold_grid(confidence_scores(calib.logits, k)) for k in ("max_softmax", "entropy")}
     baselines = {k: confidence_family(ev, k, g) for k, g in grids.items()}
     singles, oracle = ev.single_exits(), ev.oracle()

@@ -20,7 +20,7 @@ from leenet.data import Splits, load_dataset, make_loader
 from leenet.train import train_classifier
 
 CALIB_SIZE = 10_000
-DEFAULTS = dict(width=24, blocks=2, epochs=18, lr=0.1, weight_decay=5e-4, batch_size=128)
+DEFAULTS = dict(width=24, blocks=2, epochs=24, lr=0.1, weight_decay=5e-4, batch_size=128, precision="bf16")
 
 
 @torch.no_grad()
@@ -34,17 +34,18 @@ def accuracy(model: nn.Module, ds, batch_size: int = 512) -> float:
     return right / max(total, 1)
 
 
-def train_backbone(splits: Splits, *, width: int, blocks: int, epochs: int, lr: float,
-                   weight_decay: float, batch_size: int, seed: int = 0) -> tuple[nn.Module, dict]:
+def train_backbone(splits: Splits, *, width: int, blocks: int, epochs: int, lr: float, weight_decay: float,
+                   batch_size: int, precision: str = "fp32", seed: int = 0) -> tuple[nn.Module, dict]:
     """Train a SmallResNet on ``splits.train`` with SGD one-cycle; returns model and a log."""
     torch.manual_seed(seed)
     model = SmallResNet(splits.spec.num_classes, splits.spec.in_channels, width=width, blocks=blocks)
     loader = make_loader(splits.train, batch_size, train=True, seed=seed)
     start = time.time()
     losses = train_classifier(model, lambda: loader, steps_per_epoch=len(loader), epochs=epochs,
-                              lr=lr, weight_decay=weight_decay, progress=True)
+                              lr=lr, weight_decay=weight_decay, progress=True, precision=precision)
     log = dict(width=width, blocks=blocks, epochs=epochs, lr=lr, weight_decay=weight_decay,
-               batch_size=batch_size, train_seconds=time.time() - start, epoch_losses=losses,
+               batch_size=batch_size, precision=precision, threads=torch.get_num_threads(),
+               train_seconds=time.time() - start, epoch_losses=losses,
                test_accuracy=accuracy(model, splits.test), calib_accuracy=accuracy(model, splits.calib))
     return model, log
 

@@ -81,7 +81,7 @@ def main() -> None:
     start = time.time()
     gate_config = GateConfig(pooled=args.gate_pooled, history=not args.no_gate_history)
     net, calib, test = build(args.dataset, args.weights, seed=0, gate_config=gate_config)
-    ev = Evaluator(calib, test, net.cost)
+    ev = Evaluator.of(net, calib, test)
     lo, hi = float(net.cost[0]), 1.0
     baseline = {k: envelope_auc([(c.test.cost, c.test.accuracy) for c in ev.confidence(k)], lo, hi)
                 for k in ("max_softmax", "entropy")}

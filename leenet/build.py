@@ -62,5 +62,7 @@ def attach_exits(
     ).to(device)
     costs = exit_costs(net, example)
     net.cost.copy_(costs.relative.to(net.cost))
+    net.head_cost.copy_(costs.relative_heads.to(net.head_cost))
+    net.gate_cost.copy_(costs.relative_gates.to(net.gate_cost))
     net.backbone_flops.fill_(costs.backbone_flops)
     return net

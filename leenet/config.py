@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from leenet.errors import LeenetError
 from leenet.heads import HEAD_KINDS, GateConfig
 from leenet.objective import check_alpha
-from leenet.train import GateTrainConfig
+from leenet.train import PRECISIONS, GateTrainConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -57,7 +57,8 @@ class TrainConfig:
     """How long and how fast each part trains."""
 
     epochs: int | None = None  # backbone epochs when it is trained here; None = dataset default
-    lr: float = 0.05  # backbone peak learning rate (SGD, one-cycle)
+    lr: float | None = None  # backbone peak learning rate (SGD, one-cycle); None = dataset default
+    precision: str | None = None  # backbone arithmetic: "auto", "fp32" or "bf16"; None = dataset default
     head_epochs: int | None = None  # exit-head epochs; None = dataset default
     head_lr: float = 2e-3  # exit-head learning rate (AdamW, cosine)
     gates: GateTrainConfig | None = None  # gate objective and optimizer; None = the dataset's default
@@ -67,6 +68,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise LeenetError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise LeenetError(f"--lr must be a positive number, got {self.lr}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise LeenetError(f"unknown --precision '{self.precision}' (valid: {', '.join(PRECISIONS)})")
 
 
 @dataclass(frozen=True)

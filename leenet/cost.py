@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -25,15 +26,74 @@ class ExitCosts:
         backbone_flops: FLOPs of the plain backbone (all stages, no heads or gates).
         exit_flops: (E,) FLOPs to produce each exit: every stage up to it plus every head
             and gate evaluated on the way (the final exit pays for all early heads/gates).
+        head_flops, gate_flops: (E-1,) FLOPs of the head and of the gate at each early exit
+            (included in ``exit_flops``; a routed network skips what no exit needs, see
+            :func:`routed_costs`).
         relative: (E,) ``exit_flops / backbone_flops``; the last entry is a bit above 1.
+        relative_heads, relative_gates: (E-1,) ``head_flops`` and ``gate_flops`` over
+            ``backbone_flops``.
     """
 
     backbone_flops: int
     exit_flops: tuple[int, ...]
+    head_flops: tuple[int, ...] = ()
+    gate_flops: tuple[int, ...] = ()
 
     @property
     def relative(self) -> Tensor:
         return torch.tensor(self.exit_flops, dtype=torch.float64) / self.backbone_flops
+
+    @property
+    def relative_heads(self) -> Tensor:
+        return torch.tensor(self.head_flops, dtype=torch.float64) / self.backbone_flops
+
+    @property
+    def relative_gates(self) -> Tensor:
+        return torch.tensor(self.gate_flops, dtype=torch.float64) / self.backbone_flops
+
+
+def heads_needed(enabled: Tensor, history: bool) -> Tensor:
+    """Which early heads a routed network must run, given which gates can fire.
+
+    Args:
+        enabled: (..., E-1) bool, whether each early exit's gate can ever let a sample go.
+        history: whether gates read earlier exits' logits (then a head also runs for the
+            sake of any enabled gate after it).
+
+    Returns:
+        (..., E-1) bool.
+    """
+    if not history or enabled.shape[-1] == 0:
+        return enabled
+    return enabled.flip(-1).int().cummax(-1).values.flip(-1).bool()  # any enabled at or after i
+
+
+def routed_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor, enabled: Tensor, history: bool) -> Tensor:
+    """Relative cost of each exit when disabled gates and the heads no gate needs are skipped.
+
+    Args:
+        cost: (E,) relative cost of each exit with every head and gate run (``ExitNet.cost``).
+        head_cost, gate_cost: (E-1,) relative cost of each early exit's head and gate.
+        enabled: (..., E-1) bool, whether each gate can fire (a batch of gate sets is fine).
+        history: whether gates read earlier exits' logits (see :func:`heads_needed`).
+
+    Returns:
+        (..., E): ``cost`` less what is skipped on the way to each exit. With every gate
+        disabled the final exit costs exactly the backbone (1.0).
+    """
+    dtype = cost.dtype
+    skipped = (head_cost.to(dtype) * (~heads_needed(enabled, history)).to(dtype)
+               + gate_cost.to(dtype) * (~enabled).to(dtype))  # (..., E-1)
+    saved = F.pad(torch.cumsum(skipped, dim=-1), (0, 1))  # (..., E); the final exit ...
+    saved[..., -1] = skipped.sum(-1)  # ... skips every unneeded head
+    return cost - saved
+
+
+def single_exit_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor) -> Tensor:
+    """(E,) relative cost of a network truncated at each exit: its stages and its own head only."""
+    extra = (head_cost + gate_cost).to(cost.dtype)
+    before = F.pad(torch.cumsum(extra, 0), (1, 0))  # heads and gates of the exits before each
+    return cost - before - F.pad(gate_cost.to(cost.dtype), (0, 1))  # ... and its own gate
 
 
 def count_flops(module: nn.Module, *inputs: Tensor) -> tuple[int, object]:
@@ -55,7 +115,7 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
     was_training = net.training
     net.eval()
     try:
-        stage_flops, extra_flops = [], []
+        stage_flops, extra_flops, head_list, gate_list = [], [], [], []
         h = example_input[:1]
         prev = None
         for i, stage in enumerate(net.stages):
@@ -69,6 +129,8 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
             inputs = gate_features(logits, prev, global_pool(h), net.gate_config)
             gate_flops, _ = count_flops(net.gates[i], inputs)
             extra_flops.append(head_flops + gate_flops)
+            head_list.append(head_flops)
+            gate_list.append(gate_flops)
             prev = torch.cat([prev, logits[:, None]], dim=1)
     finally:
         net.train(was_training)
@@ -77,4 +139,5 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
     for i, flops in enumerate(stage_flops):
         total += flops + (extra_flops[i] if i < len(extra_flops) else 0)
         cumulative.append(total)
-    return ExitCosts(backbone_flops=max(backbone, 1), exit_flops=tuple(cumulative))
+    return ExitCosts(backbone_flops=max(backbone, 1), exit_flops=tuple(cumulative),
+                     head_flops=tuple(head_list), gate_flops=tuple(gate_list))

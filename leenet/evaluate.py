@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from leenet.cost import routed_costs, single_exit_costs
 from leenet.errors import LeenetError
 from leenet.heads import GateConfig
 from leenet.policies import (
@@ -53,17 +54,43 @@ class Candidate:
 
 
 class Evaluator:
-    """Measures policies on a calibration and a test cache with the same exit costs."""
+    """Measures policies on a calibration and a test cache with the same exit costs.
 
-    def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor) -> None:
+    Args:
+        calib, test: cached outputs of the two splits.
+        cost: (E,) relative cost of each exit with every head run (``ExitNet.cost``).
+        head_cost, gate_cost: (E-1,) relative cost of each early head and gate
+            (``ExitNet.head_cost``, ``ExitNet.gate_cost``). A policy does not pay for what it
+            never needs: a disabled LEENet gate and its head (unless a later gate reads it),
+            every head when thresholds never fire, the heads before a single exit. None: every
+            policy pays for every head and gate on its way.
+    """
+
+    def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor,
+                 head_cost: Tensor | None = None, gate_cost: Tensor | None = None) -> None:
         self.calib, self.test = calib, test
         self.cost = cost.detach().float().cpu()
+        zeros = torch.zeros(len(self.cost) - 1)
+        self.head_cost = zeros if head_cost is None else head_cost.detach().float().cpu()
+        self.gate_cost = zeros if gate_cost is None else gate_cost.detach().float().cpu()
         self._correct = (calib.correct, test.correct)
 
-    def _measure(self, calib_exits: Tensor, test_exits: Tensor) -> tuple[PolicyResult, PolicyResult]:
+    @classmethod
+    def of(cls, net: nn.Module, calib: CachedOutputs, test: CachedOutputs) -> Evaluator:
+        """An evaluator with an :class:`~leenet.model.ExitNet`'s costs."""
+        return cls(calib, test, net.cost, net.head_cost, net.gate_cost)
+
+    def routed_cost(self, enabled: Tensor, history: bool = False) -> Tensor:
+        """(E,) exit costs when only the gates ``enabled`` (E-1,) bool can fire (see
+        :func:`leenet.cost.routed_costs`; ``history``: the gates read earlier exits' logits)."""
+        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, history)
+
+    def _measure(self, calib_exits: Tensor, test_exits: Tensor,
+                 cost: Tensor | None = None) -> tuple[PolicyResult, PolicyResult]:
+        cost = self.cost if cost is None else cost
         return (
-            summarize(calib_exits, self._correct[0], self.cost),
-            summarize(test_exits, self._correct[1], self.cost),
+            summarize(calib_exits, self._correct[0], cost),
+            summarize(test_exits, self._correct[1], cost),
         )
 
     def leenet(
@@ -83,11 +110,13 @@ class Evaluator:
         """
         p_calib = gate_probabilities(gates, self.calib.gate_inputs(config))
         p_test = gate_probabilities(gates, self.test.gate_inputs(config))
+        enabled = torch.stack([g.enabled.cpu() for g in gates]) if len(gates) else torch.zeros(0, dtype=torch.bool)
+        cost = self.routed_cost(enabled, config.history)
         out = []
         for t in thresholds:
-            calib, test = self._measure(first_exit(p_calib >= t), first_exit(p_test >= t))
+            calib, test = self._measure(first_exit(p_calib >= t), first_exit(p_test >= t), cost)
             if calib_probs is not None:
-                held_out = summarize(first_exit(calib_probs >= t), self._correct[0], self.cost)
+                held_out = summarize(first_exit(calib_probs >= t), self._correct[0], cost)
                 if held_out.accuracy < calib.accuracy:
                     calib = replace(calib, accuracy=held_out.accuracy, drop_stderr=held_out.drop_stderr)
             out.append(Candidate("leenet", alpha, calib, test, threshold=t))
@@ -97,17 +126,20 @@ class Evaluator:
         """A confidence-threshold baseline over a grid of thresholds set from calibration scores."""
         s_calib = confidence_scores(self.calib.logits, kind)
         s_test = confidence_scores(self.test.logits, kind)
-        return [
-            Candidate(kind, t, *self._measure(threshold_exits(s_calib, t), threshold_exits(s_test, t)))
+        early = len(self.cost) - 1
+        return [  # scores lie in [0, 1]: above 1 no exit fires, and no head needs to run
+            Candidate(kind, t, *self._measure(threshold_exits(s_calib, t), threshold_exits(s_test, t),
+                                              self.routed_cost(torch.full((early,), t <= 1.0))))
             for t in threshold_grid(s_calib)
         ]
 
     def single_exits(self) -> list[Candidate]:
         """Every sample leaves at exit ``i``, for each ``i``."""
         n_calib, n_test = len(self.calib.labels), len(self.test.labels)
+        cost = single_exit_costs(self.cost, self.head_cost, self.gate_cost)  # the network cut at exit i runs one head
         return [
             Candidate("single_exit", i, *self._measure(
-                torch.full((n_calib,), i, dtype=torch.long), torch.full((n_test,), i, dtype=torch.long)))
+                torch.full((n_calib,), i, dtype=torch.long), torch.full((n_test,), i, dtype=torch.long), cost))
             for i in range(len(self.cost))
         ]
 

@@ -169,13 +169,16 @@ class Gate(nn.Module):
 
     Inputs are standardized with statistics stored as buffers (set once from calibration
     data by :meth:`fit_input_stats`), so a gate is scale-free and checkpoints carry
-    everything it needs.
+    everything it needs. A gate whose ``enabled`` flag is off never fires (probability 0),
+    and the routed network skips its exit's head: gate training switches off the exits
+    whose head costs more than they save at the chosen alpha.
     """
 
     def __init__(self, in_dim: int, hidden: int = 16) -> None:
         super().__init__()
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
+        self.register_buffer("enabled", torch.ones((), dtype=torch.bool))
         if hidden > 0:
             self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         else:
@@ -195,8 +198,13 @@ class Gate(nn.Module):
         return self.mlp((inputs - self.input_mean) / self.input_std).squeeze(-1)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """(B, F) → (B,) probability of exiting here."""
-        return torch.sigmoid(self.logit(inputs))
+        """(B, F) → (B,) probability of exiting here (0 for a disabled gate)."""
+        return torch.sigmoid(self.logit(inputs)).masked_fill(~self.enabled, 0.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before gates could be switched off have no flag: they were on.
+        state_dict.setdefault(prefix + "enabled", torch.ones((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def make_gates(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from leenet.cost import heads_needed, routed_costs
 from leenet.errors import LeenetError
 from leenet.heads import GateConfig, gate_features, global_pool, make_gates, make_head
 
@@ -65,15 +66,42 @@ class ExitNet(nn.Module):
         self.gates = nn.ModuleList(gates)
         self.exit_names = list(exit_names)
         self.gate_config = gate_config
+        if not 0.0 < threshold <= 1.0:
+            raise LeenetError(f"the gate decision threshold must be in (0, 1], got {threshold}")
         self.threshold = float(threshold)
-        # Relative cost of each exit (see leenet.cost); filled in by the builder.
+        # Relative cost of each exit with every head run, and of each early head and gate
+        # (see leenet.cost); filled in by the builder.
         self.register_buffer("cost", torch.zeros(len(stages)))
+        self.register_buffer("head_cost", torch.zeros(len(heads)))
+        self.register_buffer("gate_cost", torch.zeros(len(heads)))
         # FLOPs of the plain backbone for one image; cost * backbone_flops = exit FLOPs.
         self.register_buffer("backbone_flops", torch.zeros((), dtype=torch.float64))
 
     @property
     def num_exits(self) -> int:
         return len(self.stages)
+
+    def enabled_exits(self, gates: Sequence[nn.Module] | None = None) -> Tensor:
+        """(E-1,) bool: which early exits' gates (``self.gates`` by default) can fire."""
+        gates = self.gates if gates is None else gates
+        if not len(gates):
+            return torch.zeros(0, dtype=torch.bool, device=self.cost.device)
+        return torch.stack([gate.enabled for gate in gates])
+
+    def routed_cost(self, gates: Sequence[nn.Module] | None = None) -> Tensor:
+        """(E,) relative cost of each exit of the routed network with ``gates`` (default: its own).
+
+        Heads of disabled exits that no later gate reads are not run, so with every gate
+        disabled the final exit costs exactly the backbone.
+        """
+        return routed_costs(self.cost, self.head_cost, self.gate_cost, self.enabled_exits(gates),
+                            self.gate_config.history)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before head costs were stored: assume nothing can be skipped.
+        for name in ("head_cost", "gate_cost"):
+            state_dict.setdefault(prefix + name, torch.zeros(len(self.heads)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @classmethod
     def from_stages(
@@ -124,12 +152,18 @@ class ExitNet(nn.Module):
         After each stage only the still-active rows go through the head and gate; the rows
         that leave are written into a preallocated output and dropped from the batch.
 
+        Exits whose gate is disabled are passed by: their head runs only when a later gate
+        reads its logits (gate history), and no sample leaves there.
+
         Returns:
             logits (B, C) from each sample's exit, and exit_index (B,) int64 in [0, E).
         """
         batch = x.shape[0]
         exit_index = torch.full((batch,), self.num_exits - 1, dtype=torch.long, device=x.device)
         active = torch.arange(batch, device=x.device)  # rows of the batch still running
+        enabled = self.enabled_exits()
+        run_head = heads_needed(enabled, self.gate_config.history).tolist()  # one sync per call
+        enabled = enabled.tolist()
         out: Tensor | None = None
         prev: Tensor | None = None  # (B_active, i, C) earlier exits' logits, for gate history
         h = x
@@ -139,23 +173,26 @@ class ExitNet(nn.Module):
                 out = h.new_empty(batch, h.shape[-1]) if out is None else out
                 out[active] = h.to(out.dtype)
                 break
+            if not run_head[i]:
+                continue
             logits = self.heads[i](h)  # (B_active, C)
             if out is None:
                 out = logits.new_empty(batch, logits.shape[-1])
                 prev = logits.new_empty(batch, 0, logits.shape[-1])
-            pooled = global_pool(h) if self.gate_config.pooled else None
-            inputs = gate_features(logits, prev, pooled, self.gate_config)
-            leave = self.gates[i](inputs) >= self.threshold  # (B_active,)
-            # Leavers first (stable), then one int() -- this exit's only device->host sync:
-            # the batch shrinks to a data-dependent size; every gather below uses indices.
-            order = torch.sort(leave.to(torch.uint8), descending=True, stable=True).indices
-            n_leave = int(leave.sum())
-            go, stay = order[:n_leave], order[n_leave:]
-            out[active[go]] = logits[go]
-            exit_index[active[go]] = i
-            active, h = active[stay], h[stay]
+            if enabled[i]:
+                pooled = global_pool(h) if self.gate_config.pooled else None
+                inputs = gate_features(logits, prev, pooled, self.gate_config)
+                leave = self.gates[i](inputs) >= self.threshold  # (B_active,)
+                # Leavers first (stable), then one int() -- this exit's only device->host sync:
+                # the batch shrinks to a data-dependent size; every gather below uses indices.
+                order = torch.sort(leave.to(torch.uint8), descending=True, stable=True).indices
+                n_leave = int(leave.sum())
+                go, stay = order[:n_leave], order[n_leave:]
+                out[active[go]] = logits[go]
+                exit_index[active[go]] = i
+                active, h, logits, prev = active[stay], h[stay], logits[stay], prev[stay]
             if self.gate_config.history:
-                prev = torch.cat([prev[stay], logits[stay, None]], dim=1)
+                prev = torch.cat([prev, logits[:, None]], dim=1)
             if active.numel() == 0:  # nothing left to run (a shape the host already knows)
                 break
         return out, exit_index

@@ -24,6 +24,38 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
+def range_scale(losses: Tensor, cost: Tensor) -> float:
+    """Loss range per unit of cost range between the first exit and the plain backbone.
+
+    Args:
+        losses: (B, E) per-exit losses on the calibration split.
+        cost: (E,) relative exit costs; the range is ``1 − cost[0]`` (the first exit's cost
+            up to the backbone's, 1.0).
+
+    Returns:
+        ``(mean loss of exit 0 − mean loss of the last exit) / (1 − cost[0])``, or 1.0 where
+        either range is empty (then range units are raw units).
+    """
+    d_loss = float(losses[:, 0].mean() - losses[:, -1].mean())
+    d_cost = 1.0 - float(cost[0])
+    return d_loss / d_cost if d_loss > 0 and d_cost > 0 else 1.0
+
+
+def raw_alpha(alpha: float, scale: float) -> float:
+    """The weight ``a`` of ``(1 − a)·loss + a·cost`` that ``alpha`` in range units stands for.
+
+    In range units the loss is divided by its range and the cost by its (:func:`range_scale`
+    gives their ratio), so ``a / (1 − a) = scale · alpha / (1 − alpha)``: the same minimizers,
+    with alpha = 0.5 where a share of the accuracy range is worth the same share of the compute
+    range. alpha = 0 and 1 map to themselves.
+    """
+    alpha = check_alpha(alpha)
+    if alpha in (0.0, 1.0):
+        return alpha
+    ratio = scale * alpha / (1.0 - alpha)
+    return ratio / (1.0 + ratio)
+
+
 def exit_losses(logits: Tensor, labels: Tensor, kind: str = "error") -> Tensor:
     """Per-sample loss of every exit.
 

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from leenet.cost import routed_costs
 from leenet.errors import LeenetError
 from leenet.model import ExitNet
-from leenet.objective import balanced_bce, check_alpha, exit_losses, expected_exit_loss, hard_exit_targets
-from leenet.policies import CachedOutputs
+from leenet.objective import (balanced_bce, check_alpha, exit_losses, expected_exit_loss, hard_exit_targets,
+                              range_scale, raw_alpha)
+from leenet.policies import CachedOutputs, first_exit
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]  # a fresh pass over a split
 OBJECTIVES = ("hard", "soft", "predict")
+ALPHA_UNITS = ("range", "raw")
+PRECISIONS = ("auto", "fp32", "bf16")  # training arithmetic of train_classifier
 NEVER = 1e4  # a logit shift no gate input overcomes: the gate never fires
 
 
@@ -34,10 +38,14 @@ class GateTrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay of the gate MLPs
     crossfit: int = 2  # folds for out-of-fold calibration estimates ("predict" also sets its thresholds
     # on out-of-fold scores); 1 = judge gates on the samples they were fit to
+    alpha_units: str = "range"  # "range": loss and cost each divided by its range on calibration
+    # (first exit to backbone), see leenet.objective.raw_alpha; "raw": the objective as written
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise LeenetError(f"unknown gate objective '{self.objective}' (valid: {', '.join(OBJECTIVES)})")
+        if self.alpha_units not in ALPHA_UNITS:
+            raise LeenetError(f"unknown alpha units '{self.alpha_units}' (valid: {', '.join(ALPHA_UNITS)})")
         if self.crossfit < 1:
             raise LeenetError(f"gate crossfit folds must be >= 1, got {self.crossfit}")
         if self.steps < 1 or self.lr <= 0:
@@ -73,6 +81,7 @@ def train_classifier(
     params: Sequence[nn.Parameter] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[float]:
     """Train a classifier with SGD + Nesterov momentum and a one-cycle schedule.
 
@@ -82,10 +91,18 @@ def train_classifier(
         steps_per_epoch: batches per pass, for the schedule.
         epochs: passes over the data.
         params: the parameters to train (default: all); the rest stay as they are.
+        precision: ``"fp32"``; ``"bf16"``: bfloat16 autocast and channels-last tensors
+            (about 1.9x faster on a CPU with AVX512-BF16; the weights stay float32 and the
+            model is handed back in the usual memory format); ``"auto"``: bf16 where the
+            device computes it natively (:func:`resolve_precision`), else fp32.
 
     Returns:
         Mean training loss of each epoch.
     """
+    device_type = torch.device(device).type
+    mixed = resolve_precision(precision, device_type) == "bf16"
+    memory_format = torch.channels_last if mixed else torch.contiguous_format
+    model.to(memory_format=memory_format)
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -98,7 +115,10 @@ def train_classifier(
         bar = _progress(batches(), steps_per_epoch, f"backbone epoch {epoch + 1}/{epochs}", progress)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            if mixed and x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed):
+                loss = F.cross_entropy(model(x).float(), y)
             _check_loss(loss, "backbone")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -107,8 +127,25 @@ def train_classifier(
                 schedule.step()
             total, count = total + float(loss.detach()), count + 1
         history.append(total / max(count, 1))
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``"auto"`` → ``"bf16"`` on a GPU or CPU with native bfloat16 arithmetic, else ``"fp32"``."""
+    if precision not in PRECISIONS:
+        raise LeenetError(f"unknown precision '{precision}' (valid: {', '.join(PRECISIONS)})")
+    if precision != "auto":
+        return precision
+    if device_type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        try:  # oneDNN's check for AVX512-BF16 / AMX; emulated bf16 on older CPUs is slower than fp32
+            native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+    return "bf16" if native else "fp32"
 
 
 def _train_mode_where_trained(model: nn.Module) -> None:
@@ -203,7 +240,7 @@ def train_gates(
     Args:
         net: supplies the gate architecture and the exit costs (``net.cost``).
         cache: outputs of the frozen network on the calibration split.
-        alpha: weight of compute against error, in [0, 1].
+        alpha: weight of compute against error, in [0, 1], in ``config.alpha_units``.
         config: objective, loss and optimizer settings.
         seed: seeds the gates' initialization.
         inputs: precomputed ``cache.gate_inputs(net.gate_config)`` (saves time in sweeps).
@@ -212,16 +249,15 @@ def train_gates(
         The trained gates, in eval mode; ``net`` itself is not modified.
     """
     alpha = check_alpha(alpha)
+    if net.num_exits < 2:  # no early exit, nothing to fit
+        return copy.deepcopy(net.gates).cpu().eval()
     if config.objective == "predict":
-        predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
-        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
-        return gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs, scores=scores)
+        return fit_gate_sweep(net, cache, [alpha], config, seed=seed, inputs=inputs)[alpha].gates
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
     gates = _fresh_gates(net, inputs, seed)
-    if not len(gates):
-        return gates.eval()
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)  # (N, E)
     cost = net.cost.detach().float().cpu()
+    alpha = objective_alpha(net, losses, alpha, config)
     targets = hard_exit_targets(losses, cost, alpha) if config.objective == "hard" else None
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gates.train()
@@ -234,7 +270,34 @@ def train_gates(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return gates.eval()
+    _switch_off_unpaid_exits(gates.eval(), inputs, losses, _ExitCosts.of(net), alpha)
+    return gates
+
+
+@torch.no_grad()
+def _switch_off_unpaid_exits(gates: nn.ModuleList, inputs: Sequence[Tensor], losses: Tensor,
+                             costs: _ExitCosts, alpha: float, threshold: float = 0.5) -> None:
+    """Disable, last exit first, every gate whose exit costs more (head included) than it saves.
+
+    Gates trained on the expected loss price every head as always run; a gate that fires
+    for few samples can lose more on its head than it saves. A gate is switched off when
+    that does not raise the calibration objective at its 0.5 decision (ties switch off).
+    """
+    fire = torch.stack([gate(x) for gate, x in zip(gates, inputs)], dim=1) >= threshold  # (N, E-1)
+    weighted = (1.0 - alpha) * losses
+
+    def objective(enabled: Tensor) -> float:
+        exits = first_exit(fire & enabled)
+        return float(weighted.gather(1, exits[:, None]).mean() + alpha * costs.routed(enabled)[exits].mean())
+
+    enabled = torch.stack([gate.enabled for gate in gates])
+    for i in reversed(range(len(gates))):
+        trial = enabled.clone()
+        trial[i] = False
+        if enabled[i] and objective(trial) <= objective(enabled):
+            enabled = trial
+    for gate, on in zip(gates, enabled):
+        gate.enabled.fill_(bool(on))
 
 
 def _fresh_gates(net: ExitNet, inputs: Sequence[Tensor], seed: int) -> nn.ModuleList:
@@ -310,15 +373,37 @@ def gates_for_alpha(
     alpha = check_alpha(alpha)
     if not len(predictors):
         return copy.deepcopy(predictors).eval()
+    alpha = objective_alpha(net, exit_losses(cache.logits, cache.labels, config.loss), alpha, config)
     return _shifted(predictors, _alpha_thresholds(net, predictors, cache, alpha, config, inputs=inputs, scores=scores))
 
 
+def objective_alpha(net: ExitNet, losses: Tensor, alpha: float, config: GateTrainConfig) -> float:
+    """The weight of cost in ``(1 − a)·loss + a·cost`` that ``alpha`` in ``config.alpha_units`` means.
+
+    ``"range"`` divides the loss and the cost by their ranges on the calibration split
+    (``losses``, (N, E)): from the backbone's to the first exit's mean loss, and from the first
+    exit's cost to the backbone's. Raw, the accuracy differences between exits are so much
+    smaller than the cost differences that every alpha above about 0.3 sends everyone out at
+    the first exit; in range units a uniform sweep spreads over the whole trade-off.
+    """
+    alpha = check_alpha(alpha)
+    if config.alpha_units == "raw":
+        return alpha
+    return raw_alpha(alpha, range_scale(losses, net.cost.detach().float().cpu()))
+
+
 def _shifted(predictors: nn.ModuleList, thresholds: Tensor) -> nn.ModuleList:
-    """Copies of the predictors whose logit crosses 0 where the original crosses ``thresholds``."""
+    """Copies of the predictors whose logit crosses 0 where the original crosses ``thresholds``.
+
+    A gate whose threshold is :data:`NEVER` is disabled, so its exit's head can be skipped.
+    """
     gates = copy.deepcopy(predictors)
     with torch.no_grad():
         for gate, t in zip(gates, thresholds):
-            gate.mlp[-1].bias.sub_(t)
+            if t >= NEVER:
+                gate.enabled.fill_(False)
+            else:
+                gate.mlp[-1].bias.sub_(t)
     return gates.eval()
 
 
@@ -326,7 +411,7 @@ def _alpha_thresholds(
     net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, alpha: float, config: GateTrainConfig,
     *, inputs: Sequence[Tensor] | None, scores: Tensor | None,
 ) -> Tensor:
-    """(E-1,) logit thresholds at which the correctness predictors should fire for ``alpha``."""
+    """(E-1,) logit thresholds at which the correctness predictors should fire for raw ``alpha``."""
     alpha = check_alpha(alpha)
     if alpha == 0.0:  # compute is free: every sample runs to the backbone's own exit
         return torch.full((len(predictors),), NEVER)
@@ -335,7 +420,26 @@ def _alpha_thresholds(
         with torch.no_grad():
             scores = torch.stack([gate.logit(x.detach()) for gate, x in zip(predictors, inputs)], dim=1)
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-    return _objective_thresholds(scores, losses, net.cost.detach().float().cpu(), alpha)
+    return _objective_thresholds(scores, losses, _ExitCosts.of(net), alpha)
+
+
+@dataclass(frozen=True)
+class _ExitCosts:
+    """What gate fitting needs to price a set of gates: costs with every head, and per head."""
+
+    cost: Tensor  # (E,) every head run
+    head_cost: Tensor  # (E-1,)
+    gate_cost: Tensor  # (E-1,)
+    history: bool
+
+    @classmethod
+    def of(cls, net: ExitNet) -> _ExitCosts:
+        cpu = [t.detach().float().cpu() for t in (net.cost, net.head_cost, net.gate_cost)]
+        return cls(*cpu, net.gate_config.history)
+
+    def routed(self, enabled: Tensor) -> Tensor:
+        """(..., E-1) bool enabled gates → (..., E) costs with what is not needed skipped."""
+        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history)
 
 
 @dataclass
@@ -344,6 +448,7 @@ class GateFit:
 
     gates: nn.ModuleList  # fit on the whole calibration split: what the model ships with
     calib_probs: Tensor | None  # (N, E-1) out-of-fold gate probabilities; None = no held-out estimate
+    raw_alpha: float = float("nan")  # the weight of cost in the objective as written (see objective_alpha)
 
 
 def fit_gate_sweep(
@@ -365,16 +470,19 @@ def fit_gate_sweep(
     if config.objective == "predict" and net.num_exits > 1:
         predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
         scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+    raw_config = replace(config, alpha_units="raw")  # the folds use the whole split's units
     fits = {}
     for alpha in _progress(alphas, len(alphas), "gates over alphas", progress):
+        raw = objective_alpha(net, losses, alpha, config)
         if predictors is not None:
-            shift = _alpha_thresholds(net, predictors, cache, alpha, config, inputs=inputs, scores=scores)
+            shift = _alpha_thresholds(net, predictors, cache, raw, config, inputs=inputs, scores=scores)
             gates = _shifted(predictors, shift)
             held_out = None if scores is None else torch.sigmoid(scores - shift)
         else:
-            gates = train_gates(net, cache, alpha, config, seed=seed, inputs=inputs)
-            held_out = _crossfit_probabilities(net, cache, alpha, config, seed=seed, inputs=inputs)
-        fits[alpha] = GateFit(gates, held_out)
+            gates = train_gates(net, cache, raw, raw_config, seed=seed, inputs=inputs)
+            held_out = _crossfit_probabilities(net, cache, raw, raw_config, seed=seed, inputs=inputs)
+        fits[alpha] = GateFit(gates, held_out, raw)
     return fits
 
 
@@ -412,22 +520,25 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
 
 
 @torch.no_grad()
-def _objective_thresholds(scores: Tensor, losses: Tensor, cost: Tensor, alpha: float,
+def _objective_thresholds(scores: Tensor, losses: Tensor, costs: _ExitCosts, alpha: float,
                           grid: int = 64, rounds: int = 3) -> Tensor:
     """(E-1,) score thresholds at which firing minimizes the calibration objective.
 
     Gate ``i`` fires when its score reaches a threshold ``t_i``; the thresholds minimizing
     the mean of ``(1 − α) l + α cost`` over the calibration samples are found by a shared
     threshold on the probability scale, then coordinate descent over each gate's score
-    quantiles (plus always / never firing) (every candidate of one gate evaluated at once). Ties go to the higher
-    threshold, so alpha = 0 never exits a sample early without a gain on calibration.
+    quantiles, plus always and never firing (every candidate of one gate evaluated at once).
+    A gate that never fires saves its head's cost where no later gate needs the head, so
+    exits that cost more than they save are switched off. Ties go to the higher threshold,
+    so alpha = 0 never exits a sample early without a gain on calibration.
     """
-    per_exit = (1.0 - alpha) * losses + alpha * cost[None, :]  # (N, E)
+    error_part = (1.0 - alpha) * losses  # (N, E)
 
     def objective(thresholds: Tensor) -> Tensor:  # (K, E-1) → (K,)
         leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
         exits = leave.int().argmax(-1)  # (K, N) first exit that fires
-        return per_exit.gather(1, exits.T).mean(0)
+        cost = costs.routed(thresholds < NEVER)  # (K, E)
+        return error_part.gather(1, exits.T).mean(0) + alpha * cost.gather(1, exits).mean(1)
 
     levels = torch.linspace(-8.0, 8.0, grid)
     shared = torch.cat([levels, torch.tensor([NEVER])])[:, None].expand(-1, scores.shape[1])

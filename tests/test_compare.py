@@ -73,6 +73,8 @@ def _tiny_cache(tiny_stages, tiny_input):
     net = ExitNet.from_stages(tiny_stages, num_classes=NUM_CLASSES, example_input=torch.zeros(1, *INPUT_SHAPE),
                               gate_config=GateConfig(pooled=True))
     net.cost.copy_(torch.tensor([0.2, 0.45, 0.7, 1.03]))
+    net.head_cost.copy_(torch.tensor([0.01, 0.01, 0.01]))  # three heads make the final exit cost 1.03
+    net.gate_cost.zero_()
     net.eval()
     with torch.no_grad():
         out = net.forward_all(tiny_input)
@@ -90,19 +92,22 @@ def test_predict_gates_never_lose_on_calibration(tiny_stages, tiny_input, loss):
     from leenet.train import GateTrainConfig, fit_correctness_gates, gates_for_alpha, train_gates
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
-    config = GateTrainConfig(objective="predict", loss=loss, steps=50, crossfit=1)  # in-sample: exact optimum
+    config = GateTrainConfig(objective="predict", loss=loss, steps=50, crossfit=1,  # in-sample: exact optimum
+                             alpha_units="raw")  # of the objective as written
     inputs = cache.gate_inputs(net.gate_config)
     predictors = fit_correctness_gates(net, cache, config, seed=0, inputs=inputs)
     losses = exit_losses(cache.logits, cache.labels, loss)
     for alpha in (0.0, 0.3, 1.0):
         gates = gates_for_alpha(net, predictors, cache, alpha, config, inputs=inputs)
         exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
-        per_exit = (1 - alpha) * losses + alpha * net.cost[None]
-        value = per_exit.gather(1, exits[:, None]).mean()
-        if alpha == 0.0:  # compute is free: everyone runs to the backbone's exit
-            assert exits.eq(len(net.cost) - 1).all()
+        value = ((1 - alpha) * losses + alpha * net.routed_cost(gates)[None]).gather(1, exits[:, None]).mean()
+        if alpha == 0.0:  # compute is free: everyone runs to the backbone's exit, which costs the backbone
+            assert exits.eq(len(net.cost) - 1).all() and not net.enabled_exits(gates).any()
+            assert float(net.routed_cost(gates)[-1]) == pytest.approx(1.0)
             continue
-        assert value <= per_exit[:, -1].mean() + 1e-6 and value <= per_exit[:, 0].mean() + 1e-6
+        never = ((1 - alpha) * losses[:, -1] + alpha * 1.0).mean()  # no gate, no head: the plain backbone
+        always = ((1 - alpha) * losses[:, 0] + alpha * net.cost[0]).mean()
+        assert value <= never + 1e-6 and value <= always + 1e-6
         if alpha == 1.0:
             assert exits.eq(0).all()
     again = train_gates(net, cache, 0.3, config, seed=0)
@@ -141,6 +146,9 @@ def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_
     """'soft' sweeps: each calibration sample's probabilities come from gates fit without its fold."""
     import torch
 
+    import dataclasses
+
+    from leenet.objective import exit_losses, range_scale, raw_alpha
     from leenet.policies import CachedOutputs, gate_probabilities
     from leenet.train import GateTrainConfig, _fold_splits, fit_gate_sweep, train_gates
 
@@ -151,12 +159,15 @@ def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_
     splits = _fold_splits(len(cache.labels), 2, 3)
     held_total = torch.cat([held for _, held in splits]).sort().values
     assert torch.equal(held_total, torch.arange(len(cache.labels)))  # every sample held out exactly once
+    losses = exit_losses(cache.logits, cache.labels, "error")
     for alpha, fit in fits.items():
+        assert fit.raw_alpha == pytest.approx(raw_alpha(alpha, range_scale(losses, net.cost)))
         shipped = train_gates(net, cache, alpha, config, seed=3)  # the model's gates see all of calibration
         assert torch.equal(gate_probabilities(fit.gates, inputs), gate_probabilities(shipped, inputs))
         for k, (fit_idx, held) in enumerate(splits):  # slow reference: refit on the other fold by hand
             part = CachedOutputs(cache.logits[fit_idx], [p[fit_idx] for p in cache.pooled], cache.labels[fit_idx])
-            gates = train_gates(net, part, alpha, config, seed=3 + 1 + k)
+            raw = dataclasses.replace(config, alpha_units="raw")  # folds keep the whole split's alpha units
+            gates = train_gates(net, part, fit.raw_alpha, raw, seed=3 + 1 + k)
             expected = gate_probabilities(gates, [x[held] for x in inputs])
             torch.testing.assert_close(fit.calib_probs[held], expected)
     in_sample = fit_gate_sweep(net, cache, [0.2], GateTrainConfig(steps=5, crossfit=1))
@@ -205,3 +216,71 @@ def test_evaluator_calibration_accuracy_is_the_lower_of_own_and_held_out(tiny_st
         # cost and exit fractions are the shipped gates' own: they do not depend on labels
         assert (c.calib.cost, c.calib.exit_fractions) == (own.calib.cost, own.calib.exit_fractions)
         assert c.test == own.test
+
+
+def _exhaustive_objective(scores, losses, costs, alpha, options):
+    """Slow reference: the best calibration objective over every combination of per-gate options."""
+    import itertools
+
+    import torch
+
+    from leenet.policies import first_exit
+    from leenet.train import NEVER
+
+    best = float("inf")
+    for combo in itertools.product(*options):
+        t = torch.tensor(combo)
+        exits = first_exit(scores >= t)
+        cost = costs.routed(t < NEVER)
+        value = float(((1 - alpha) * losses.gather(1, exits[:, None]).squeeze(1) + alpha * cost[exits]).mean())
+        best = min(best, value)
+    return best
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_objective_thresholds_switch_off_exits_that_do_not_pay_for_their_head(history):
+    """Coordinate descent over thresholds (gates switched off included) matches exhaustive search."""
+    import torch
+
+    from leenet.policies import first_exit
+    from leenet.train import NEVER, _ExitCosts, _objective_thresholds
+
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    correct = torch.rand(n, 3, generator=gen) < torch.tensor([0.55, 0.6, 0.85])
+    losses = torch.cat([(~correct).float(), torch.zeros(n, 1)], dim=1)  # the final exit is always right
+    scores = torch.where(correct, 1.0, -1.0) + torch.randn(n, 3, generator=gen)
+    # Exit 2 saves 0.05 over the final exit but its head and gate cost 0.24 for every sample reaching it.
+    costs = _ExitCosts(cost=torch.tensor([0.25, 0.45, 1.30, 1.35]), head_cost=torch.tensor([0.05, 0.05, 0.2]),
+                       gate_cost=torch.tensor([0.01, 0.01, 0.04]), history=history)
+    alpha = 0.4
+    found = _objective_thresholds(scores, losses, costs, alpha, grid=9)
+    exits = first_exit(scores >= found)
+    value = float(((1 - alpha) * losses.gather(1, exits[:, None]).squeeze(1)
+                   + alpha * costs.routed(found < NEVER)[exits]).mean())
+    options = [[-NEVER, *torch.quantile(scores[:, i], torch.linspace(0, 1, 9)).tolist(), NEVER] for i in range(3)]
+    assert value == pytest.approx(_exhaustive_objective(scores, losses, costs, alpha, options), abs=1e-6)
+    assert found[2] >= NEVER and found[0] < NEVER
+
+
+def test_soft_gates_that_do_not_pay_for_their_head_are_switched_off():
+    import torch
+    from torch import nn
+
+    from leenet.heads import Gate
+    from leenet.policies import first_exit
+    from leenet.train import _ExitCosts, _switch_off_unpaid_exits
+
+    n = 100
+    inputs = [torch.arange(n, dtype=torch.float32)[:, None]] * 2
+    gates = nn.ModuleList([Gate(1, hidden=0), Gate(1, hidden=0)])
+    with torch.no_grad():  # gate 0 fires for samples 0-49, gate 1 for samples 95-99 only
+        gates[0].mlp[0].weight.fill_(-1.0), gates[0].mlp[0].bias.fill_(49.5)
+        gates[1].mlp[0].weight.fill_(1.0), gates[1].mlp[0].bias.fill_(-94.5)
+    losses = torch.zeros(n, 3)  # every exit right: only cost matters
+    costs = _ExitCosts(cost=torch.tensor([0.3, 0.8, 1.2]), head_cost=torch.tensor([0.05, 0.15]),
+                       gate_cost=torch.zeros(2), history=False)
+    _switch_off_unpaid_exits(gates, inputs, losses, costs, alpha=0.5)
+    assert [bool(g.enabled) for g in gates] == [True, False]  # exit 1 saves 5 x 0.4, its head costs 50 x 0.15
+    exits = first_exit(torch.stack([g(x) for g, x in zip(gates, inputs)], 1) >= 0.5)
+    assert exits.tolist() == [0] * 50 + [2] * 50

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from leenet.build import attach_exits
-from leenet.cost import count_flops, exit_costs
+from leenet.cost import count_flops, exit_costs, heads_needed, routed_costs, single_exit_costs
 from leenet.heads import GateConfig
 from leenet.model import ExitNet
 
@@ -113,3 +113,80 @@ def test_costs_of_the_tiny_cnn_increase(tiny_stages: list[nn.Module]) -> None:
     assert cost.shape == (4,)
     assert bool((cost[1:] > cost[:-1]).all())
     assert 1.0 < float(cost[-1]) < 1.2  # pooled heads and small gates add little
+
+
+def _slow_routed_costs(cost, head_cost, gate_cost, enabled, history):
+    """Exit by exit: subtract the heads and gates a routed network does not run."""
+    out = []
+    for j in range(len(cost)):
+        saved = 0.0
+        for i in range(min(j + 1, len(head_cost))):
+            needed = bool(enabled[i]) or (history and bool(enabled[i + 1:].any()))
+            saved += 0.0 if needed else float(head_cost[i])
+            saved += 0.0 if enabled[i] else float(gate_cost[i])
+        out.append(float(cost[j]) - saved)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_routed_costs_match_a_loop_for_every_gate_set(history: bool) -> None:
+    cost = torch.tensor([0.3, 0.55, 0.9, 1.175], dtype=torch.float64)  # heads and gates add 0.175
+    head_cost = torch.tensor([0.05, 0.07, 0.04], dtype=torch.float64)
+    gate_cost = torch.tensor([0.01, 0.002, 0.003], dtype=torch.float64)
+    sets = torch.tensor([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=torch.bool)  # (8, 3)
+    batched = routed_costs(cost, head_cost, gate_cost, sets, history)
+    assert batched.shape == (8, 4)
+    for enabled, row in zip(sets, batched):
+        assert torch.allclose(row, _slow_routed_costs(cost, head_cost, gate_cost, enabled, history))
+        assert torch.allclose(routed_costs(cost, head_cost, gate_cost, enabled, history), row)
+    assert float(batched[0, -1]) == pytest.approx(1.0)  # no gate can fire: the plain backbone's cost
+    assert torch.equal(batched[-1], cost)  # every gate on: every head runs
+
+
+def test_heads_needed_with_history_keeps_heads_later_gates_read() -> None:
+    enabled = torch.tensor([False, True, False, False])
+    assert heads_needed(enabled, history=False).tolist() == [False, True, False, False]
+    assert heads_needed(enabled, history=True).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("config", [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)],
+                         ids=str)
+def test_routed_cost_is_what_the_routed_forward_counts(config: GateConfig) -> None:
+    """FLOPs of one image through the routed forward == the cost model, for every gate set."""
+    net = attach_exits(_hand_stages(), ["a", "b"], input_shape=IN_SHAPE, num_classes=CLASSES, gate_config=config).eval()
+    x = torch.randn(1, *IN_SHAPE)
+    for a in (False, True):
+        for b in (False, True):
+            net.gates[0].enabled.fill_(a)
+            net.gates[1].enabled.fill_(b)
+            for gate in net.gates:  # a gate that is on lets nobody out: the image runs to the end
+                gate.mlp[-1].bias.data.fill_(-1e4)
+            flops, (_, exit_index) = count_flops(net, x)
+            assert int(exit_index) == 2
+            expected = float(net.routed_cost()[-1]) * int(net.backbone_flops)
+            assert flops == pytest.approx(expected, rel=1e-6)
+    for gate in net.gates:
+        gate.enabled.fill_(False)
+    assert count_flops(net, x)[0] == int(net.backbone_flops)  # all gates off: the plain backbone
+
+
+def test_single_exit_costs_count_only_the_exits_own_head() -> None:
+    net = attach_exits(_hand_stages(), ["a", "b"], input_shape=IN_SHAPE, num_classes=CLASSES,
+                       gate_config=GateConfig(hidden=8))
+    single = single_exit_costs(net.cost, net.head_cost, net.gate_cost)
+    x = torch.zeros(1, *IN_SHAPE)
+    h, total = x, 0
+    for i, stage in enumerate(net.stages):
+        flops, h = count_flops(stage, h)
+        total += flops
+        head = count_flops(net.heads[i], h)[0] if i < len(net.heads) else 0
+        assert float(single[i]) == pytest.approx((total + head) / int(net.backbone_flops))
+    assert float(single[-1]) == pytest.approx(1.0)
+
+
+def test_attach_exits_fills_head_costs() -> None:
+    net = attach_exits(_hand_stages(), ["a", "b"], input_shape=IN_SHAPE, num_classes=CLASSES,
+                       gate_config=GateConfig(hidden=8))
+    assert net.head_cost.tolist() == pytest.approx([h / sum(STAGE_FLOPS) for h in _head_flops("pool")])
+    assert net.gate_cost.tolist() == pytest.approx([g / sum(STAGE_FLOPS) for g in _gate_flops(GateConfig(hidden=8))])
+    assert float(net.cost[-1]) == pytest.approx(1.0 + float(net.head_cost.sum() + net.gate_cost.sum()))

@@ -188,3 +188,42 @@ def test_routed_forward_matches_on_zoo_backbones(arch: str) -> None:
     state, original = net.backbone_state_dict(), backbone.state_dict()
     assert set(state) == set(original)
     assert all(torch.equal(state[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("config", GATE_CONFIGS, ids=str)
+@pytest.mark.parametrize("off", [(0,), (1,), (2,), (0, 2), (1, 2), (0, 1, 2)])
+def test_disabled_gates_route_like_compute_all_and_skip_unneeded_heads(
+    config: GateConfig, off: tuple[int, ...], tiny_input: Tensor
+) -> None:
+    net = mix_exits_(_tiny_net(config), tiny_input, 0.5)
+    for i in off:
+        net.gates[i].enabled.fill_(False)
+    for batch in (1, 7, 64):
+        exit_index = assert_routing_matches(net, tiny_input[:batch])
+        assert not any(exit_index.eq(i).any() for i in off)
+    calls = [0] * len(net.heads)
+    for i, head in enumerate(net.heads):
+        head.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        net.gates[i].mlp[-1].bias.data.fill_(-1e4)  # gates that are on let nobody out: all run to the end
+    with torch.no_grad():
+        net(tiny_input)
+    last_on = max((i for i in range(len(net.gates)) if i not in off), default=-1)
+    needed = [i not in off or (config.history and i < last_on) for i in range(len(net.heads))]
+    assert calls == [int(n) for n in needed]
+
+
+def test_gate_decision_threshold_must_be_a_probability() -> None:
+    stages = explicit_stages(make_tiny_cnn())
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(LeenetError, match="threshold"):
+            ExitNet.from_stages(stages, num_classes=NUM_CLASSES, example_input=torch.zeros(1, *INPUT_SHAPE),
+                                threshold=bad)
+
+
+def test_checkpoints_without_gate_flags_or_head_costs_still_load(tiny_input: Tensor) -> None:
+    net = _tiny_net(GateConfig(history=True))
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith(("enabled", "head_cost", "gate_cost"))}
+    fresh = _tiny_net(GateConfig(history=True))
+    fresh.gates[0].enabled.fill_(False)
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.enabled_exits().all() and not fresh.head_cost.any() and not fresh.gate_cost.any()

@@ -322,3 +322,61 @@ def test_soft_error_loss_matches_a_loop() -> None:
     for b in range(6):
         for e in range(3):
             assert got[b, e] == pytest.approx(1 - torch.softmax(logits[b, e], -1)[labels[b]].item(), abs=1e-6)
+
+
+def test_resolve_precision() -> None:
+    from leenet.train import resolve_precision
+
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(LeenetError, match="precision"):
+        resolve_precision("fp16")
+
+
+def test_bf16_training_hands_back_a_float32_contiguous_model(tiny_stages: list[nn.Module], tiny_input: Tensor) -> None:
+    from leenet.train import train_classifier
+
+    model = nn.Sequential(*tiny_stages)
+    labels = torch.arange(len(tiny_input)) % NUM_CLASSES
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = train_classifier(model, lambda: [(tiny_input, labels)] * 3, steps_per_epoch=3, epochs=2, lr=0.05,
+                              precision="bf16", progress=False)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for p in model.parameters():
+        assert p.dtype == torch.float32 and p.is_contiguous()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 0.3, 0.5, 0.9, 1.0])
+def test_range_units_have_the_same_minimizers_as_the_raw_objective(alpha: float) -> None:
+    """argmin of the range-normalized objective == argmin of the raw one at raw_alpha, per sample."""
+    from leenet.objective import range_scale, raw_alpha
+
+    gen = torch.Generator().manual_seed(1)
+    losses = torch.rand(500, 4, generator=gen) * torch.tensor([0.6, 0.4, 0.2, 0.1])
+    cost = torch.tensor([0.2, 0.45, 0.7, 1.0])
+    scale = range_scale(losses, cost)
+    d_loss, d_cost = float(losses[:, 0].mean() - losses[:, -1].mean()), 1.0 - 0.2
+    assert scale == pytest.approx(d_loss / d_cost)
+    a = raw_alpha(alpha, scale)
+    normalized = (1 - alpha) * losses / d_loss + alpha * cost / d_cost
+    raw = (1 - a) * losses + a * cost
+    assert torch.equal(normalized.argmin(1), raw.argmin(1))
+    assert (a == alpha) if alpha in (0.0, 1.0) else 0 < a < 1
+
+
+def test_raw_alpha_is_monotone_and_falls_back_to_raw_units() -> None:
+    from leenet.objective import range_scale, raw_alpha
+
+    values = [raw_alpha(k / 20, 0.1) for k in range(21)]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    assert raw_alpha(0.5, 0.1) == pytest.approx(0.1 / 1.1)
+    flat = torch.zeros(10, 3)  # no loss range: range units are raw units
+    assert range_scale(flat, torch.tensor([0.3, 0.6, 1.0])) == 1.0
+    with pytest.raises(LeenetError, match=r"\[0, 1\]"):
+        raw_alpha(1.5, 0.1)
+
+
+def test_unknown_alpha_units_are_refused() -> None:
+    with pytest.raises(LeenetError, match="alpha units"):
+        GateTrainConfig(alpha_units="percent")
