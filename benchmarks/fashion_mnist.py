@@ -250,8 +250,9 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
     exits = []
     for i, name in enumerate(runs[0]["exit_names"]):
         acc = mean_std([s[i].test.accuracy for s in singles])
-        exits.append({"name": name, "cost": runs[0]["cost"][i], "accuracy": acc[0], "accuracy_std": acc[1],
-                      "flops": int(round(runs[0]["cost"][i] * net_info["flops"]))})
+        cost = singles[0][i].test.cost  # the network cut at exit i: its stages and its own head
+        exits.append({"name": name, "cost": cost, "accuracy": acc[0], "accuracy_std": acc[1],
+                      "flops": int(round(cost * net_info["flops"]))})
     ops = []
     for r in runs:
         fam = {"leenet": r["methods"][chosen]["family"], **r["baselines"]}

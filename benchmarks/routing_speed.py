@@ -1,7 +1,8 @@
 """How close does routed inference come to its FLOPs speed-up?
 
 Builds an ExitNet on a registered backbone (random weights: speed does not depend on them),
-forces every sample out at exit k (gate biases set to always/never fire) for each k, and
+forces every sample out at exit k (gate biases set to always/never fire) for each k (at the
+final exit once with every gate on and never firing, once with the gates switched off), and
 measures throughput (batch 256) and latency (batch 1) of the routed network against the
 plain backbone on the same inputs, after warm-up, median of repeats. The FLOPs ratio
 ``1 / cost[k]`` is the speed-up a router could reach; ``measured / flops`` says how much of
@@ -50,16 +51,20 @@ def main() -> None:
     net = attach_exits(model, get_backbone_info(args.arch).default_exits, input_shape=shape, num_classes=10)
     images = torch.randn(256, *shape)
     rows = []
-    for k in range(net.num_exits):
+    settings = [(k, net.exit_names[k]) for k in range(net.num_exits - 1)]
+    settings += [(net.num_exits - 1, "final, gates on"), (net.num_exits - 1, "final, gates off")]
+    for k, label in settings:
         if k < net.num_exits - 1:
             force_exit(net, k)
         else:
             for gate in net.gates:
                 torch.nn.init.constant_(gate.mlp[-1].bias, -50.0)
+                gate.enabled.fill_(label.endswith("on"))  # off: no head or gate runs, the plain backbone
         clock = measure_wall_clock(net.eval(), images, repeats=args.repeats)
         assert (net(images[:8])[1] == k).all()
-        flops = 1.0 / float(net.cost[k])
-        rows.append({"exit": net.exit_names[k], "cost": float(net.cost[k]), "flops_speedup": flops,
+        cost = float(net.routed_cost()[k])
+        flops = 1.0 / cost
+        rows.append({"exit": label, "cost": cost, "flops_speedup": flops,
                      "measured_speedup": clock["measured_speedup"], "latency_speedup": clock["latency_speedup"],
                      "efficiency": clock["measured_speedup"] / flops})
     print(f"{args.arch} at {shape}, torch threads {torch.get_num_threads()}")

@@ -74,7 +74,7 @@ def _add_run_parser(sub) -> None:
     t.add_argument("--objective", choices=["soft", "hard", "predict"],
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
-                   "the expected loss on out-of-fold calibration scores (default: soft on digits, predict otherwise)")
+                   "the expected loss on out-of-fold calibration scores (default: hard on digits, predict otherwise)")
     t.add_argument("--loss", choices=["ce", "error", "soft_error"],
                    help="per-exit loss: cross-entropy, 0-1 error, or soft error 1 - p(true class) "
                    "(default: ce on digits, error otherwise)")

@@ -33,7 +33,7 @@ from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, free
 # expected-loss gates on confidence features win; with 10k calibration images gates that
 # predict their exit's correctness win, helped by pooled features behind weak pooled-linear
 # heads but not behind SDN heads, which lift every curve on Fashion-MNIST.
-_SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="soft", loss="ce")}
+_SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
 _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS = {
     # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).

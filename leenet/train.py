@@ -255,6 +255,10 @@ def train_gates(
         return fit_gate_sweep(net, cache, [alpha], config, seed=seed, inputs=inputs)[alpha].gates
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
     gates = _fresh_gates(net, inputs, seed)
+    if alpha == 0.0:  # compute is free: the backbone's own exit, exactly (as for "predict")
+        for gate in gates:
+            gate.enabled.fill_(False)
+        return gates.eval()
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)  # (N, E)
     cost = net.cost.detach().float().cpu()
     alpha = objective_alpha(net, losses, alpha, config)

@@ -380,3 +380,16 @@ def test_raw_alpha_is_monotone_and_falls_back_to_raw_units() -> None:
 def test_unknown_alpha_units_are_refused() -> None:
     with pytest.raises(LeenetError, match="alpha units"):
         GateTrainConfig(alpha_units="percent")
+
+
+@pytest.mark.parametrize("objective", ["hard", "soft", "predict"])
+def test_alpha_zero_switches_every_gate_off(objective: str, tiny_stages: list[nn.Module], tiny_input: Tensor) -> None:
+    """alpha = 0 promises the backbone's accuracy: every objective ships gates that never fire."""
+    net = ExitNet.from_stages(tiny_stages, num_classes=NUM_CLASSES, example_input=torch.zeros(1, *INPUT_SHAPE)).eval()
+    with torch.no_grad():
+        out = net.forward_all(tiny_input)
+    labels = out.logits[:, 0].argmax(-1)  # the first exit is always right: exiting early would look free
+    cache = CachedOutputs(out.logits, out.pooled, labels)
+    gates = train_gates(net, cache, 0.0, GateTrainConfig(objective=objective, steps=20), seed=0)
+    assert not net.enabled_exits(gates).any()
+    assert torch.stack([g(x) for g, x in zip(gates, cache.gate_inputs(net.gate_config))]).eq(0).all()
