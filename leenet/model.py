@@ -162,8 +162,8 @@ class ExitNet(nn.Module):
         exit_index = torch.full((batch,), self.num_exits - 1, dtype=torch.long, device=x.device)
         active = torch.arange(batch, device=x.device)  # rows of the batch still running
         enabled = self.enabled_exits()
-        run_head = heads_needed(enabled, self.gate_config.history).tolist()  # one sync per call
-        enabled = enabled.tolist()
+        # Which gates are on and which heads must run: one device->host sync per call.
+        enabled, run_head = torch.stack([enabled, heads_needed(enabled, self.gate_config.history)]).tolist()
         out: Tensor | None = None
         prev: Tensor | None = None  # (B_active, i, C) earlier exits' logits, for gate history
         h = x
