@@ -96,6 +96,35 @@ def single_exit_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor) -> Ten
     return cost - before - F.pad(gate_cost.to(cost.dtype), (0, 1))  # ... and its own gate
 
 
+@dataclass(frozen=True)
+class CostModel:
+    """An :class:`~leenet.model.ExitNet`'s relative costs, on the CPU: what pricing a policy needs.
+
+    Attributes:
+        cost: (E,) each exit with every head and gate run (``ExitNet.cost``).
+        head_cost, gate_cost: (E-1,) each early head and gate.
+        history: whether the gates read earlier exits' logits (see :func:`heads_needed`).
+    """
+
+    cost: Tensor
+    head_cost: Tensor
+    gate_cost: Tensor
+    history: bool = False
+
+    @classmethod
+    def of(cls, net: nn.Module) -> CostModel:
+        cpu = [t.detach().float().cpu() for t in (net.cost, net.head_cost, net.gate_cost)]
+        return cls(*cpu, net.gate_config.history)
+
+    def routed(self, enabled: Tensor) -> Tensor:
+        """(..., E-1) bool enabled gates → (..., E) exit costs, what is not needed skipped."""
+        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history)
+
+    def single_exits(self) -> Tensor:
+        """(E,) cost of the network cut at each exit (:func:`single_exit_costs`)."""
+        return single_exit_costs(self.cost, self.head_cost, self.gate_cost)
+
+
 def count_flops(module: nn.Module, *inputs: Tensor) -> tuple[int, object]:
     """FLOPs of one call of ``module`` and its output."""
     counter = FlopCounterMode(display=False)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from leenet.cost import routed_costs, single_exit_costs
+from leenet.cost import CostModel
 from leenet.errors import LeenetError
 from leenet.heads import GateConfig
 from leenet.policies import (
@@ -69,10 +69,10 @@ class Evaluator:
     def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor,
                  head_cost: Tensor | None = None, gate_cost: Tensor | None = None) -> None:
         self.calib, self.test = calib, test
-        self.cost = cost.detach().float().cpu()
-        zeros = torch.zeros(len(self.cost) - 1)
-        self.head_cost = zeros if head_cost is None else head_cost.detach().float().cpu()
-        self.gate_cost = zeros if gate_cost is None else gate_cost.detach().float().cpu()
+        cost = cost.detach().float().cpu()
+        zeros = torch.zeros(len(cost) - 1)
+        parts = (zeros if c is None else c.detach().float().cpu() for c in (head_cost, gate_cost))
+        self.costs = CostModel(cost, *parts)
         self._correct = (calib.correct, test.correct)
 
     @classmethod
@@ -80,10 +80,10 @@ class Evaluator:
         """An evaluator with an :class:`~leenet.model.ExitNet`'s costs."""
         return cls(calib, test, net.cost, net.head_cost, net.gate_cost)
 
-    def routed_cost(self, enabled: Tensor, history: bool = False) -> Tensor:
-        """(E,) exit costs when only the gates ``enabled`` (E-1,) bool can fire (see
-        :func:`leenet.cost.routed_costs`; ``history``: the gates read earlier exits' logits)."""
-        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, history)
+    @property
+    def cost(self) -> Tensor:
+        """(E,) relative cost of each exit with every head run."""
+        return self.costs.cost
 
     def _measure(self, calib_exits: Tensor, test_exits: Tensor,
                  cost: Tensor | None = None) -> tuple[PolicyResult, PolicyResult]:
@@ -111,7 +111,7 @@ class Evaluator:
         p_calib = gate_probabilities(gates, self.calib.gate_inputs(config))
         p_test = gate_probabilities(gates, self.test.gate_inputs(config))
         enabled = torch.stack([g.enabled.cpu() for g in gates]) if len(gates) else torch.zeros(0, dtype=torch.bool)
-        cost = self.routed_cost(enabled, config.history)
+        cost = replace(self.costs, history=config.history).routed(enabled)
         out = []
         for t in thresholds:
             calib, test = self._measure(first_exit(p_calib >= t), first_exit(p_test >= t), cost)
@@ -129,14 +129,14 @@ class Evaluator:
         early = len(self.cost) - 1
         return [  # scores lie in [0, 1]: above 1 no exit fires, and no head needs to run
             Candidate(kind, t, *self._measure(threshold_exits(s_calib, t), threshold_exits(s_test, t),
-                                              self.routed_cost(torch.full((early,), t <= 1.0))))
+                                              self.costs.routed(torch.full((early,), t <= 1.0))))
             for t in threshold_grid(s_calib)
         ]
 
     def single_exits(self) -> list[Candidate]:
         """Every sample leaves at exit ``i``, for each ``i``."""
         n_calib, n_test = len(self.calib.labels), len(self.test.labels)
-        cost = single_exit_costs(self.cost, self.head_cost, self.gate_cost)  # the network cut at exit i runs one head
+        cost = self.costs.single_exits()  # the network cut at exit i runs one head
         return [
             Candidate("single_exit", i, *self._measure(
                 torch.full((n_calib,), i, dtype=torch.long), torch.full((n_test,), i, dtype=torch.long), cost))

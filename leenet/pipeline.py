@@ -17,7 +17,7 @@ from leenet import __version__
 from leenet.build import attach_exits
 from leenet.checkpoint import save_checkpoint
 from leenet.config import RunConfig
-from leenet.cost import FLOPS_CONVENTION, single_exit_costs
+from leenet.cost import FLOPS_CONVENTION, CostModel
 from leenet.errors import DataError, LeenetError
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
 from leenet.heads import GateConfig
@@ -349,7 +349,7 @@ def _describe(config: RunConfig, arch: str, spec, splits, net: ExitNet, test: Ca
         "backbone": {"name": arch, "accuracy": correct[-1], "flops": int(flops), "macs": int(flops // 2)},
         "flops_convention": FLOPS_CONVENTION,
         "exits": [{"name": name, "cost": c, "accuracy": acc, "flops": int(round(c * flops))}  # the net cut there
-                  for name, c, acc in zip(net.exit_names, single_exit_costs(net.cost, net.head_cost, net.gate_cost).tolist(),
+                  for name, c, acc in zip(net.exit_names, CostModel.of(net).single_exits().tolist(),
                                           correct)],
         "config": config.to_dict(),
     }

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from leenet.cost import routed_costs
+from leenet.cost import CostModel
 from leenet.errors import LeenetError
 from leenet.model import ExitNet
 from leenet.objective import (balanced_bce, check_alpha, exit_losses, expected_exit_loss, hard_exit_targets,
@@ -266,7 +266,7 @@ def train_gates(
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gates.train()
     for _ in range(config.steps):
-        scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
+        scores = _gate_logits(gates, inputs)
         if targets is not None:
             loss = balanced_bce(scores, targets)
         else:
@@ -274,13 +274,13 @@ def train_gates(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _switch_off_unpaid_exits(gates.eval(), inputs, losses, _ExitCosts.of(net), alpha)
+    _switch_off_unpaid_exits(gates.eval(), inputs, losses, CostModel.of(net), alpha)
     return gates
 
 
 @torch.no_grad()
 def _switch_off_unpaid_exits(gates: nn.ModuleList, inputs: Sequence[Tensor], losses: Tensor,
-                             costs: _ExitCosts, alpha: float, threshold: float = 0.5) -> None:
+                             costs: CostModel, alpha: float, threshold: float = 0.5) -> None:
     """Disable, last exit first, every gate whose exit costs more (head included) than it saves.
 
     Gates trained on the expected loss price every head as always run; a gate that fires
@@ -302,6 +302,11 @@ def _switch_off_unpaid_exits(gates: nn.ModuleList, inputs: Sequence[Tensor], los
             enabled = trial
     for gate, on in zip(gates, enabled):
         gate.enabled.fill_(bool(on))
+
+
+def _gate_logits(gates: Sequence[nn.Module], inputs: Sequence[Tensor]) -> Tensor:
+    """(N, E-1) pre-sigmoid scores of a set of gates on their inputs (differentiable)."""
+    return torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)
 
 
 def _fresh_gates(net: ExitNet, inputs: Sequence[Tensor], seed: int) -> nn.ModuleList:
@@ -350,7 +355,7 @@ def correctness_scores(
         gates = _fresh_gates(net, [x[fit] for x in inputs], seed + 1 + k)
         _fit_predictors(gates, [x[fit] for x in inputs], correct[fit], config)
         with torch.no_grad():
-            scores[held] = torch.stack([g.logit(x[held]) for g, x in zip(gates, inputs)], dim=1)
+            scores[held] = _gate_logits(gates, [x[held] for x in inputs])
     return scores
 
 
@@ -377,8 +382,12 @@ def gates_for_alpha(
     alpha = check_alpha(alpha)
     if not len(predictors):
         return copy.deepcopy(predictors).eval()
-    alpha = objective_alpha(net, exit_losses(cache.logits, cache.labels, config.loss), alpha, config)
-    return _shifted(predictors, _alpha_thresholds(net, predictors, cache, alpha, config, inputs=inputs, scores=scores))
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+    alpha = objective_alpha(net, losses, alpha, config)
+    if scores is None:  # the predictors' own (in-sample) scores
+        with torch.no_grad():
+            scores = _gate_logits(predictors, inputs if inputs is not None else cache.gate_inputs(net.gate_config))
+    return _shifted(predictors, _alpha_thresholds(net, scores, losses, alpha))
 
 
 def objective_alpha(net: ExitNet, losses: Tensor, alpha: float, config: GateTrainConfig) -> float:
@@ -411,39 +420,12 @@ def _shifted(predictors: nn.ModuleList, thresholds: Tensor) -> nn.ModuleList:
     return gates.eval()
 
 
-def _alpha_thresholds(
-    net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, alpha: float, config: GateTrainConfig,
-    *, inputs: Sequence[Tensor] | None, scores: Tensor | None,
-) -> Tensor:
-    """(E-1,) logit thresholds at which the correctness predictors should fire for raw ``alpha``."""
+def _alpha_thresholds(net: ExitNet, scores: Tensor, losses: Tensor, alpha: float) -> Tensor:
+    """(E-1,) logit thresholds on ``scores`` (N, E-1) at which gates should fire for raw ``alpha``."""
     alpha = check_alpha(alpha)
     if alpha == 0.0:  # compute is free: every sample runs to the backbone's own exit
-        return torch.full((len(predictors),), NEVER)
-    if scores is None:
-        inputs = inputs if inputs is not None else cache.gate_inputs(net.gate_config)
-        with torch.no_grad():
-            scores = torch.stack([gate.logit(x.detach()) for gate, x in zip(predictors, inputs)], dim=1)
-    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-    return _objective_thresholds(scores, losses, _ExitCosts.of(net), alpha)
-
-
-@dataclass(frozen=True)
-class _ExitCosts:
-    """What gate fitting needs to price a set of gates: costs with every head, and per head."""
-
-    cost: Tensor  # (E,) every head run
-    head_cost: Tensor  # (E-1,)
-    gate_cost: Tensor  # (E-1,)
-    history: bool
-
-    @classmethod
-    def of(cls, net: ExitNet) -> _ExitCosts:
-        cpu = [t.detach().float().cpu() for t in (net.cost, net.head_cost, net.gate_cost)]
-        return cls(*cpu, net.gate_config.history)
-
-    def routed(self, enabled: Tensor) -> Tensor:
-        """(..., E-1) bool enabled gates → (..., E) costs with what is not needed skipped."""
-        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history)
+        return torch.full((scores.shape[1],), NEVER)
+    return _objective_thresholds(scores, losses, CostModel.of(net), alpha)
 
 
 @dataclass
@@ -473,14 +455,16 @@ def fit_gate_sweep(
     predictors = scores = None
     if config.objective == "predict" and net.num_exits > 1:
         predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
-        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
+        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)  # out of fold, or None
+        with torch.no_grad():  # thresholds are chosen on these: out-of-fold, else the predictors' own
+            choose_on = scores if scores is not None else _gate_logits(predictors, inputs)
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
     raw_config = replace(config, alpha_units="raw")  # the folds use the whole split's units
     fits = {}
     for alpha in _progress(alphas, len(alphas), "gates over alphas", progress):
         raw = objective_alpha(net, losses, alpha, config)
         if predictors is not None:
-            shift = _alpha_thresholds(net, predictors, cache, raw, config, inputs=inputs, scores=scores)
+            shift = _alpha_thresholds(net, choose_on, losses, raw)
             gates = _shifted(predictors, shift)
             held_out = None if scores is None else torch.sigmoid(scores - shift)
         else:
@@ -516,7 +500,7 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gates.train()
     for _ in range(config.steps):
-        scores = torch.stack([gate.logit(x) for gate, x in zip(gates, inputs)], dim=1)  # (N, E-1)
+        scores = _gate_logits(gates, inputs)
         loss = F.binary_cross_entropy_with_logits(scores, correct[:, : scores.shape[1]])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -524,7 +508,7 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
 
 
 @torch.no_grad()
-def _objective_thresholds(scores: Tensor, losses: Tensor, costs: _ExitCosts, alpha: float,
+def _objective_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, alpha: float,
                           grid: int = 64, rounds: int = 3) -> Tensor:
     """(E-1,) score thresholds at which firing minimizes the calibration objective.
 

@@ -243,7 +243,8 @@ def test_objective_thresholds_switch_off_exits_that_do_not_pay_for_their_head(hi
     import torch
 
     from leenet.policies import first_exit
-    from leenet.train import NEVER, _ExitCosts, _objective_thresholds
+    from leenet.cost import CostModel
+    from leenet.train import NEVER, _objective_thresholds
 
     gen = torch.Generator().manual_seed(0)
     n = 400
@@ -251,7 +252,7 @@ def test_objective_thresholds_switch_off_exits_that_do_not_pay_for_their_head(hi
     losses = torch.cat([(~correct).float(), torch.zeros(n, 1)], dim=1)  # the final exit is always right
     scores = torch.where(correct, 1.0, -1.0) + torch.randn(n, 3, generator=gen)
     # Exit 2 saves 0.05 over the final exit but its head and gate cost 0.24 for every sample reaching it.
-    costs = _ExitCosts(cost=torch.tensor([0.25, 0.45, 1.30, 1.35]), head_cost=torch.tensor([0.05, 0.05, 0.2]),
+    costs = CostModel(cost=torch.tensor([0.25, 0.45, 1.30, 1.35]), head_cost=torch.tensor([0.05, 0.05, 0.2]),
                        gate_cost=torch.tensor([0.01, 0.01, 0.04]), history=history)
     alpha = 0.4
     found = _objective_thresholds(scores, losses, costs, alpha, grid=9)
@@ -269,7 +270,8 @@ def test_soft_gates_that_do_not_pay_for_their_head_are_switched_off():
 
     from leenet.heads import Gate
     from leenet.policies import first_exit
-    from leenet.train import _ExitCosts, _switch_off_unpaid_exits
+    from leenet.cost import CostModel
+    from leenet.train import _switch_off_unpaid_exits
 
     n = 100
     inputs = [torch.arange(n, dtype=torch.float32)[:, None]] * 2
@@ -278,7 +280,7 @@ def test_soft_gates_that_do_not_pay_for_their_head_are_switched_off():
         gates[0].mlp[0].weight.fill_(-1.0), gates[0].mlp[0].bias.fill_(49.5)
         gates[1].mlp[0].weight.fill_(1.0), gates[1].mlp[0].bias.fill_(-94.5)
     losses = torch.zeros(n, 3)  # every exit right: only cost matters
-    costs = _ExitCosts(cost=torch.tensor([0.3, 0.8, 1.2]), head_cost=torch.tensor([0.05, 0.15]),
+    costs = CostModel(cost=torch.tensor([0.3, 0.8, 1.2]), head_cost=torch.tensor([0.05, 0.15]),
                        gate_cost=torch.zeros(2), history=False)
     _switch_off_unpaid_exits(gates, inputs, losses, costs, alpha=0.5)
     assert [bool(g.enabled) for g in gates] == [True, False]  # exit 1 saves 5 x 0.4, its head costs 50 x 0.15
