@@ -30,7 +30,7 @@ from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, free
 # Per dataset: the backbone used when --arch is not given, how long things train, and the
 # exit heads and gates, chosen by measurement (benchmarks/objective_forms.py on digits,
 # benchmarks/fashion_mnist.py; docs/benchmark.md): with digits' 287 calibration images the
-# expected-loss gates on confidence features win; with 10k calibration images gates that
+# hard-target gates on confidence features win; with 10k calibration images gates that
 # predict their exit's correctness win, helped by pooled features behind weak pooled-linear
 # heads but not behind SDN heads, which lift every curve on Fashion-MNIST.
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
