@@ -33,11 +33,11 @@ def main() -> None:
     splits = load_dataset("fashion-mnist", calib_size=fm.CALIB_SIZE, seed=0)
     backbone, _ = fm.load_or_train_backbone(args.backbone, splits, reuse=True)
     stages = split_backbone(freeze_(backbone), list(fm.EXITS))
-    net, calib, test = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6)
+    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6)
     rows = []
     for count in args.counts:
         fm.ALPHAS = tuple(round(k / (count - 1), 4) for k in range(count))
-        out = fm.run_seed(net, calib, test, args.seed, {"predict-error": fm.METHODS["predict-error"]}, None)
+        out = fm.run_seed(net, calib, test, train, args.seed, {"predict-error": fm.METHODS["predict-error"]}, None)
         m = out["methods"]["predict-error"]["metrics"]
         rows.append({"alphas": count, "area": m["gap"]["area"], "worst_gap": m["gap"]["worst_gap"],
                      "worst_cost": m["gap"]["worst_cost"], "family_area": m["family_gap"]["area"],

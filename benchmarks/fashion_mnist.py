@@ -37,13 +37,19 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, train_heads  # noqa: E402
+from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, gates_for_budget,  # noqa: E402
+                          predictor_scores, train_heads)
 
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
 # run on every seed; the rest on --lever-seeds. Alphas are in range units unless "raw units" says otherwise.
-MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled", "predict-error raw units")
+# these also solve a budget every BUDGET_STEP of cost (gates_for_budget): a dense "budget curve"
+BUDGET_CURVE_METHODS = ("predict-error", "predict-error train classes")
+BUDGET_STEP = 0.005
+TRAIN_FIT = GateTrainConfig(objective="predict", loss="error", predictors_on="train", steps=1000, batch_size=2048)
+MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled", "predict-error raw units",
+                "predict-error train classes")
 METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "soft-ce": (GateConfig(), GateTrainConfig(objective="soft", loss="ce")),
     "soft-error": (GateConfig(), GateTrainConfig(loss="error")),
@@ -59,6 +65,10 @@ METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
     "predict-error pooled raw units": (GateConfig(pooled=True),
                                        GateTrainConfig(objective="predict", loss="error", alpha_units="raw")),
     "soft-ce raw units": (GateConfig(), GateTrainConfig(objective="soft", loss="ce", alpha_units="raw")),
+    # correctness predictors fit on the 50k training images (held-out scores on calibration)
+    "predict-error train classes": (GateConfig(hidden=32, classes=True), TRAIN_FIT),
+    "predict-error train": (GateConfig(hidden=32), TRAIN_FIT),
+    "predict-error classes": (GateConfig(classes=True), GateTrainConfig(objective="predict", loss="error")),
 }
 
 
@@ -167,7 +177,10 @@ def summarize_metrics(runs: list[dict]) -> dict:
             "calib_area": lambda m: m["calib_area"], "family_area": lambda m: m["family_gap"]["area"],
             "family_worst_gap": lambda m: m["family_gap"]["worst_gap"], "cost_at_0.5pt": lambda m: m["cost_at_0.5pt"],
             "drop_at_0.5pt": lambda m: m["drop_at_0.5pt"], "max_jump": lambda m: m["max_jump"],
-            "alpha0_drop": lambda m: m["alpha0_drop"]}
+            "alpha0_drop": lambda m: m["alpha0_drop"],
+            "budget_area": lambda m: m.get("budget_gap", {}).get("area"),
+            "budget_worst_gap": lambda m: m.get("budget_gap", {}).get("worst_gap"),
+            "budget_worst_cost": lambda m: m.get("budget_gap", {}).get("worst_cost")}
     out = {}
     for name, get in keys.items():
         vals = [get(m) for m in runs]
@@ -191,25 +204,51 @@ def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Mo
     return model, {**log, "reused": False}
 
 
-def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: int, head: str, head_epochs: int):
-    """An ExitNet with trained heads and its cached calibration and test outputs.
+def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: int, head: str, head_epochs: int,
+                  cache: Path | None = None):
+    """An ExitNet with trained heads and its cached calibration, test and training outputs.
 
     Pooled-linear heads train on the cached pooled features (seconds); other heads train
     through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does.
+    With ``cache``, trained conv heads and their outputs are saved there and reused when
+    the file exists (head training is most of an SDN run's time).
     """
     torch.manual_seed(seed)
     net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head)
     if head == "pool":
         train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
-        return net, cached_outputs(net, feats["calib"]), cached_outputs(net, feats["test"])
-    train = make_loader(splits.train, 128, train=True, seed=seed)
-    train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False)
-    caches = [collect_outputs(net, make_loader(getattr(splits, k), 500, train=False), progress=False)
-              for k in ("calib", "test")]
-    return net, *caches
+        return net, *(cached_outputs(net, feats[k]) for k in ("calib", "test", "train"))
+    saved = torch.load(cache, weights_only=False) if cache is not None and cache.exists() else {}
+    if saved:
+        net.heads.load_state_dict(saved["heads"])
+        net.heads.eval()
+    else:
+        train = make_loader(splits.train, 128, train=True, seed=seed)
+        train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False)
+    for split in ("calib", "test", "train"):  # train: what gates fit on the training split see
+        if split not in saved:
+            saved[split] = collect_outputs(net, make_loader(getattr(splits, split), 500, train=False),
+                                           progress=False)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"heads": net.heads.state_dict(), **saved}, cache)
+    return net, saved["calib"], saved["test"], saved["train"]
 
 
-def run_seed(net, calib: CachedOutputs, test: CachedOutputs, seed: int, methods: dict, grids: dict | None) -> dict:
+def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainConfig, seed: int,
+                   fit_on: CachedOutputs | None) -> list[Candidate]:
+    """LEENet's budget mode solved at every ``BUDGET_STEP`` of cost (param = the budget)."""
+    predictors, scores = predictor_scores(net, calib, config, seed=seed, fit_on=fit_on)
+    out = []
+    for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, BUDGET_STEP):
+        gates = gates_for_budget(net, predictors, calib, scores, float(budget), config)
+        if gates is not None:
+            out += ev.leenet(float(budget), gates, net.gate_config)
+    return out
+
+
+def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,
+             grids: dict | None) -> dict:
     """Every gate method for one seed's heads; returns candidates and metrics."""
     ev = Evaluator.of(net, calib, test)
     grids = grids or {k: threshold_grid(confidence_scores(calib.logits, k)) for k in ("max_softmax", "entropy")}
@@ -221,18 +260,25 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, seed: int, methods:
     for name, (gate_config, train_config) in methods.items():
         start = time.perf_counter()
         net.gate_config = gate_config
-        net.gates = make_gates(net.num_exits - 1, [p.shape[1] for p in calib.pooled], gate_config)
+        net.gates = make_gates(net.num_exits - 1, [p.shape[1] for p in calib.pooled], gate_config,
+                               calib.logits.shape[-1])
+        fit_on = train if train_config.predictors_on == "train" else None
         family = []
-        for alpha, fit in fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed).items():
+        for alpha, fit in fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed, fit_on=fit_on).items():
             family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
+        if name in BUDGET_CURVE_METHODS:
+            budget_curve = solved_budgets(net, ev, calib, train_config, seed, fit_on)
+            metrics["budget_gap"] = envelope_gap(points(budget_curve), points(both), float(net.cost[0]), 1.0, GAP_TOL)
         metrics["seconds"] = time.perf_counter() - start
         out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics}
         print(f"seed {seed} {name}: area {metrics['gap']['area']:+.5f} worst {metrics['gap']['worst_gap']:+.4f}"
               f"@{metrics['gap']['worst_cost']:.2f} calib-area {metrics['calib_area']:+.5f} "
               f"cost@0.5pt {metrics['cost_at_0.5pt']} jump {metrics['max_jump']:.3f} "
-              f"a0-drop {metrics['alpha0_drop']:+.4f} ({metrics['seconds']:.1f}s)", flush=True)
+              f"a0-drop {metrics['alpha0_drop']:+.4f}"
+              + (f" budget-curve area {metrics['budget_gap']['area']:+.5f} worst {metrics['budget_gap']['worst_gap']:+.4f}"
+                 if "budget_gap" in metrics else "") + f" ({metrics['seconds']:.1f}s)", flush=True)
     return out
 
 
@@ -296,7 +342,7 @@ def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", type=Path, default=Path("runs/fmnist_backbone_w24.pt"))
-    parser.add_argument("--no-reuse", dest="reuse", action="store_false", help="retrain the backbone")
+    parser.add_argument("--no-reuse", dest="reuse", action="store_false", help="retrain the backbone (and the conv heads)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(MAIN_METHODS), help="gate methods on every seed")
     parser.add_argument("--levers", nargs="*", default=[m for m in METHODS if m not in MAIN_METHODS],
@@ -334,8 +380,14 @@ def main() -> None:
     runs, grids = [], None
     for seed in args.seeds:
         names = args.methods + (args.levers if seed in args.lever_seeds else [])
-        net, calib, test = trained_exits(stages, args.exits, feats, splits, seed, args.head, args.head_epochs)
-        runs.append(run_seed(net, calib, test, seed, {n: METHODS[n] for n in names}, grids))
+        head_cache = None
+        if args.head != "pool" and args.reuse and log["reused"]:
+            exits_tag = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
+            head_cache = args.backbone.with_name(
+                f"{args.backbone.stem}{exits_tag}_{args.head}_e{args.head_epochs}_seed{seed}_heads.pt")
+        net, calib, test, train = trained_exits(stages, args.exits, feats, splits, seed, args.head,
+                                                args.head_epochs, head_cache)
+        runs.append(run_seed(net, calib, test, train, seed, {n: METHODS[n] for n in names}, grids))
         grids = runs[0]["grids"]
     timings["heads_gates_eval"] = time.perf_counter() - t
     net = attach_exits(stages, args.exits, input_shape=(1, 28, 28), num_classes=10, head=args.head)

@@ -64,6 +64,9 @@ def targets_table(r: dict) -> str:
         f"| (b) worst gap, α-curve (pt) at cost | {_ms(t['worst_gap'], 100, 2)} at {_ms(t['worst_cost'])} |",
         f"| (b) area, whole α × threshold family (pt × cost) | {_ms(t['family_area'], 100, 2)} |",
         f"| (b) worst gap, whole family (pt) | {_ms(t['family_worst_gap'], 100, 2)} |",
+        f"| (b) area, budgets solved every 0.005 of cost (pt × cost) | {_ms(t.get('budget_area'), 100, 2)} |",
+        f"| (b) worst gap, solved budgets (pt) at cost | {_ms(t.get('budget_worst_gap'), 100, 2)} at "
+        f"{_ms(t.get('budget_worst_cost'))} |",
         f"| (c) largest cost jump between neighbouring alphas | {_ms(t['max_jump'])} |",
         f"| (c) accuracy lost at alpha = 0 (pt) | {_ms(t['alpha0_drop'], 100, 2)} |",
     ])
@@ -83,17 +86,23 @@ def budgets_table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _solved(m: dict) -> str:
+    if m.get("budget_area") is None:
+        return "n/a"
+    return f"{_ms(m['budget_area'], 100, 2)}, {_ms(m['budget_worst_gap'], 100, 2)}"
+
+
 def levers_table(r: dict) -> str:
     rows = ["| gate method | seeds | area α-curve | worst gap (pt) @ cost | area α × thr. | cost @ ≤ 0.5 pt "
-            "| test drop there (pt) | max α-jump | α=0 loss (pt) | s / sweep |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| test drop there (pt) | max α-jump | α=0 loss (pt) | solved budgets: area, worst (pt) | s / sweep |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in r["levers"].items():
         chosen = " (reported as leenet)" if name == r["gate_method"] else ""
         rows.append(
             f"| {name}{chosen} | {m['seeds']} | {_ms(m['area'], 100, 2)} | {_ms(m['worst_gap'], 100, 1)} @ "
             f"{m['worst_cost']['mean']:.2f} | {_ms(m['family_area'], 100, 2)} | {_ms(m['cost_at_0.5pt'])} | "
             f"{_ms(m['drop_at_0.5pt'], 100, 2)} | {_ms(m['max_jump'])} | {_ms(m['alpha0_drop'], 100, 2)} | "
-            f"{m['seconds_per_sweep']:.1f} |")
+            f"{_solved(m)} | {m['seconds_per_sweep']:.1f} |")
     return "\n".join(rows)
 
 

@@ -57,11 +57,14 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--head", choices=["pool", "sdn", "flatten"],
                    help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
                    "default flatten for digits, sdn for fashion-mnist, pool otherwise")
-    m.add_argument("--gate-hidden", type=_positive_int, help="gate MLP width (0 = logistic; default 16)")
+    m.add_argument("--gate-hidden", type=_positive_int, help="gate MLP width (0 = logistic; default 16, 32 on fashion-mnist)")
     m.add_argument("--gate-pooled", action=argparse.BooleanOptionalAction,
                    help="gates also see the pooled feature map (default: on, except on digits and fashion-mnist)")
     m.add_argument("--gate-history", action=argparse.BooleanOptionalAction,
                    help="gates also see earlier exits' confidence and agreement (default: on)")
+    m.add_argument("--gate-classes", action=argparse.BooleanOptionalAction,
+                   help="gates also see their exit's class probabilities and predicted class: how far a "
+                        "confidence can be trusted depends on the class (default: on for fashion-mnist)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_positive_int, help="backbone epochs (default per dataset; 0 = use weights as is)")
     t.add_argument("--lr", type=float, help="backbone peak learning rate, SGD one-cycle (default per dataset: "
@@ -78,7 +81,14 @@ def _add_run_parser(sub) -> None:
     t.add_argument("--loss", choices=["ce", "error", "soft_error"],
                    help="per-exit loss: cross-entropy, 0-1 error, or soft error 1 - p(true class) "
                    "(default: ce on digits, error otherwise)")
-    t.add_argument("--gate-steps", type=_positive_int, help="gate optimizer steps (default 300)")
+    t.add_argument("--gate-steps", type=_positive_int, help="gate optimizer steps (default 300; 1000 on fashion-mnist)")
+    t.add_argument("--gate-batch-size", type=_positive_int,
+                   help="minibatch of predict-gate fitting (default: full batch; 2048 with --fit-gates-on train)")
+    t.add_argument("--fit-gates-on", choices=["calib", "train"],
+                   help="predict objective: fit the correctness predictors on the calibration split (scores "
+                        "out-of-fold) or on the training split, whose outputs then pass through the network "
+                        "once more; thresholds are always chosen on calibration (default: train on "
+                        "fashion-mnist, calib elsewhere)")
     t.add_argument("--alpha-units", choices=["range", "raw"],
                    help="range (default): alpha weighs loss and cost each as a share of its range on the "
                         "calibration split (first exit to backbone), so a uniform sweep spreads over the whole "
@@ -126,9 +136,11 @@ def run_config_from_args(args: argparse.Namespace):
     from leenet.pipeline import dataset_defaults
 
     defaults = dataset_defaults(args.dataset)
-    gate = _override(defaults["gate"], hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled)
+    gate = _override(defaults["gate"], hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled,
+                     classes=args.gate_classes)
     gate_train = _override(defaults["gate_train"], objective=args.objective, loss=args.loss, steps=args.gate_steps,
-                           alpha_units=args.alpha_units)
+                           alpha_units=args.alpha_units, predictors_on=args.fit_gates_on,
+                           batch_size=args.gate_batch_size)
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
     return RunConfig(
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download,

@@ -101,6 +101,8 @@ class GateConfig:
     hidden: int = 16  # width of the gate MLP's hidden layer; 0 = logistic regression
     history: bool = True  # also see earlier exits' max-probabilities and agreement with them
     pooled: bool = False  # also see the globally pooled feature map at this exit
+    classes: bool = False  # also see this exit's class probabilities and predicted class (one-hot):
+    # how far a confidence can be trusted depends on the class (a sure "shirt" is wrong more often)
 
     def __post_init__(self) -> None:
         if self.hidden < 0:
@@ -125,11 +127,15 @@ def confidence_features(logits: Tensor) -> Tensor:
     return torch.stack([top2[:, 0], entropy, margin], dim=-1)
 
 
-def gate_input_dim(exit_index: int, pooled_dim: int, config: GateConfig) -> int:
+def gate_input_dim(exit_index: int, pooled_dim: int, config: GateConfig, num_classes: int = 0) -> int:
     """Width of gate ``exit_index``'s input vector (see :func:`gate_features`)."""
     dim = 3
     if config.history:
         dim += 2 * exit_index
+    if config.classes:
+        if num_classes < 1:
+            raise LeenetError("gates that see class probabilities need the class count: pass num_classes")
+        dim += 2 * num_classes
     if config.pooled:
         dim += pooled_dim
     return dim
@@ -149,7 +155,8 @@ def gate_features(
     Returns:
         (B, F) with F = :func:`gate_input_dim`: confidence features of this exit, then for
         each earlier exit its max probability and whether its prediction agrees with this
-        exit's, then the pooled features.
+        exit's, then this exit's class probabilities and one-hot predicted class, then the
+        pooled features.
     """
     parts = [confidence_features(logits)]
     if config.history and prev_logits.shape[1] > 0:
@@ -157,6 +164,9 @@ def gate_features(
         prev_max, prev_pred = prev_p.max(-1)  # (B, i)
         agree = (prev_pred == logits.argmax(-1, keepdim=True)).float()  # (B, i)
         parts += [prev_max, agree]
+    if config.classes:
+        p = logits.float().softmax(-1)
+        parts += [p, F.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype)]
     if config.pooled:
         if pooled is None:
             raise LeenetError("this gate was built to see pooled features but got none")
@@ -208,9 +218,9 @@ class Gate(nn.Module):
 
 
 def make_gates(
-    num_gates: int, pooled_dims: Sequence[int], config: GateConfig
+    num_gates: int, pooled_dims: Sequence[int], config: GateConfig, num_classes: int = 0
 ) -> nn.ModuleList:
     """One gate per early exit; ``pooled_dims[i]`` is the channel count at exit ``i``."""
     return nn.ModuleList(
-        Gate(gate_input_dim(i, pooled_dims[i], config), config.hidden) for i in range(num_gates)
+        Gate(gate_input_dim(i, pooled_dims[i], config, num_classes), config.hidden) for i in range(num_gates)
     )

@@ -124,7 +124,7 @@ class ExitNet(nn.Module):
                 f"logits: pass the backbone's own class count as num_classes"
             )
         heads = [make_head(head, shape, num_classes) for shape in shapes[:-1]]
-        gates = make_gates(len(heads), [shape[0] for shape in shapes[:-1]], gate_config)
+        gates = make_gates(len(heads), [shape[0] for shape in shapes[:-1]], gate_config, num_classes)
         names = list(exit_names) if exit_names else [f"exit{i}" for i in range(len(heads))] + ["final"]
         return cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold)
 

@@ -21,6 +21,7 @@ from leenet.policies import CachedOutputs, first_exit
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]  # a fresh pass over a split
 OBJECTIVES = ("hard", "soft", "predict")
 ALPHA_UNITS = ("range", "raw")
+PREDICTOR_SPLITS = ("calib", "train")
 PRECISIONS = ("auto", "fp32", "bf16")  # training arithmetic of train_classifier
 NEVER = 1e4  # a logit shift no gate input overcomes: the gate never fires
 
@@ -40,12 +41,22 @@ class GateTrainConfig:
     # on out-of-fold scores); 1 = judge gates on the samples they were fit to
     alpha_units: str = "range"  # "range": loss and cost each divided by its range on calibration
     # (first exit to backbone), see leenet.objective.raw_alpha; "raw": the objective as written
+    predictors_on: str = "calib"  # "predict": the split the correctness predictors are fit to;
+    # "train": the training split (5x the data; thresholds are still chosen on calibration,
+    # where the predictors' scores are then held out)
+    batch_size: int = 0  # "predict": minibatch size of predictor fitting; 0 = full batch
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise LeenetError(f"unknown gate objective '{self.objective}' (valid: {', '.join(OBJECTIVES)})")
         if self.alpha_units not in ALPHA_UNITS:
             raise LeenetError(f"unknown alpha units '{self.alpha_units}' (valid: {', '.join(ALPHA_UNITS)})")
+        if self.predictors_on not in PREDICTOR_SPLITS:
+            raise LeenetError(f"unknown predictor split '{self.predictors_on}' (valid: {', '.join(PREDICTOR_SPLITS)})")
+        if self.predictors_on != "calib" and self.objective != "predict":
+            raise LeenetError("only 'predict' gates can be fit on the training split: use --objective predict")
+        if self.batch_size < 0:
+            raise LeenetError(f"gate batch size must be >= 0 (0 = full batch), got {self.batch_size}")
         if self.crossfit < 1:
             raise LeenetError(f"gate crossfit folds must be >= 1, got {self.crossfit}")
         if self.steps < 1 or self.lr <= 0:
@@ -440,6 +451,7 @@ class GateFit:
 def fit_gate_sweep(
     net: ExitNet, cache: CachedOutputs, alphas: Sequence[float], config: GateTrainConfig = GateTrainConfig(),
     *, seed: int = 0, inputs: Sequence[Tensor] | None = None, progress: bool = False,
+    fit_on: CachedOutputs | None = None,
 ) -> dict[float, GateFit]:
     """Gates for every alpha, each with out-of-fold calibration probabilities.
 
@@ -450,14 +462,19 @@ def fit_gate_sweep(
     gates fit without it: for "predict", the out-of-fold correctness scores against the
     alpha's thresholds; for "soft" and "hard", gates retrained on the other K-1 folds (K more
     fits per alpha, on smaller data). The shipped gates are always fit on the whole split.
+
+    ``fit_on`` (with ``config.predictors_on = "train"``): the outputs "predict" fits its
+    correctness predictors to, usually the training split's; every calibration score is then
+    held out, and no cross-fitting is needed.
     """
     inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
-    predictors = scores = None
+    if (fit_on is not None) != (config.predictors_on == "train"):
+        raise LeenetError("predictors fit on the training split need its outputs (fit_on), and only then")
+    predictors = None
     if config.objective == "predict" and net.num_exits > 1:
-        predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
-        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)  # out of fold, or None
-        with torch.no_grad():  # thresholds are chosen on these: out-of-fold, else the predictors' own
-            choose_on = scores if scores is not None else _gate_logits(predictors, inputs)
+        # thresholds are chosen on these: held out, else (crossfit = 1) the predictors' own
+        predictors, choose_on = predictor_scores(net, cache, config, seed=seed, fit_on=fit_on, inputs=inputs)
+        held_out_scores = fit_on is not None or config.crossfit > 1
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
     raw_config = replace(config, alpha_units="raw")  # the folds use the whole split's units
     fits = {}
@@ -466,7 +483,7 @@ def fit_gate_sweep(
         if predictors is not None:
             shift = _alpha_thresholds(net, choose_on, losses, raw)
             gates = _shifted(predictors, shift)
-            held_out = None if scores is None else torch.sigmoid(scores - shift)
+            held_out = torch.sigmoid(choose_on - shift) if held_out_scores else None
         else:
             gates = train_gates(net, cache, raw, raw_config, seed=seed, inputs=inputs)
             held_out = _crossfit_probabilities(net, cache, raw, raw_config, seed=seed, inputs=inputs)
@@ -496,12 +513,21 @@ def _fold_splits(n: int, k: int, seed: int) -> list[tuple[Tensor, Tensor]]:
 
 def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Tensor,
                     config: GateTrainConfig) -> None:
-    """Fit each gate's logit to predict whether its exit is right (plain BCE, full batch)."""
+    """Fit each gate's logit to predict whether its exit is right (plain BCE, full or minibatch)."""
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gates.train()
+    n = len(correct)
+    batch = config.batch_size if 0 < config.batch_size < n else n
+    gen = torch.Generator().manual_seed(0)
+    order, pos = None, n
     for _ in range(config.steps):
-        scores = _gate_logits(gates, inputs)
-        loss = F.binary_cross_entropy_with_logits(scores, correct[:, : scores.shape[1]])
+        idx = slice(None)
+        if batch < n:
+            if pos + batch > n:  # a fresh shuffle for each pass over the data
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx, pos = order[pos: pos + batch], pos + batch
+        scores = _gate_logits(gates, [x[idx] for x in inputs])
+        loss = F.binary_cross_entropy_with_logits(scores, correct[idx, : scores.shape[1]])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -539,6 +565,77 @@ def _objective_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, alph
             trial[:, i] = options
             values = objective(trial)
             best = trial[_last_argmin(values)].clone()
+    return best
+
+
+def predictor_scores(
+    net: ExitNet, cache: CachedOutputs, config: GateTrainConfig, *, seed: int = 0,
+    fit_on: CachedOutputs | None = None, inputs: Sequence[Tensor] | None = None,
+) -> tuple[nn.ModuleList, Tensor]:
+    """Correctness predictors and the held-out calibration scores (N, E-1) to set thresholds on.
+
+    Fit on ``fit_on`` (then every calibration score is held out), else on the calibration
+    split ``cache`` with out-of-fold scores (in-sample when ``config.crossfit = 1``).
+    ``inputs``: precomputed ``cache.gate_inputs(net.gate_config)``.
+    """
+    inputs = [x.detach() for x in (inputs if inputs is not None else cache.gate_inputs(net.gate_config))]
+    if fit_on is not None:
+        predictors = fit_correctness_gates(net, fit_on, config, seed=seed)
+        scores = None
+    else:
+        predictors = fit_correctness_gates(net, cache, config, seed=seed, inputs=inputs)
+        scores = correctness_scores(net, cache, config, seed=seed, inputs=inputs)
+    if scores is None:
+        with torch.no_grad():
+            scores = _gate_logits(predictors, inputs)
+    return predictors, scores
+
+
+def gates_for_budget(
+    net: ExitNet, predictors: nn.ModuleList, cache: CachedOutputs, scores: Tensor, max_cost: float,
+    config: GateTrainConfig = GateTrainConfig(objective="predict"),
+) -> nn.ModuleList | None:
+    """Copies of correctness predictors routing as accurately as possible within a mean cost.
+
+    An alpha sweep only reaches the corners of the calibration trade-off's convex hull; a
+    budget between two corners gets the cheaper one. This solves the budget itself: per-gate
+    thresholds minimizing the calibration loss with mean cost at most ``max_cost`` (held-out
+    ``scores`` from :func:`predictor_scores`). None when even the cheapest routing costs more.
+    """
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+    thresholds = _budget_thresholds(scores, losses, CostModel.of(net), float(max_cost))
+    return None if thresholds is None else _shifted(predictors, thresholds)
+
+
+@torch.no_grad()
+def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cost: float,
+                       grid: int = 64, rounds: int = 3) -> Tensor | None:
+    """(E-1,) score thresholds of least mean loss with mean cost ≤ ``max_cost``, or None.
+
+    Starts from the best feasible shared threshold (on the logit scale, firing always and
+    never included), then coordinate descent over each gate's score quantiles keeping the
+    budget; among equally good candidates the cheapest wins.
+    """
+    def pick(thresholds: Tensor) -> tuple[Tensor, bool]:  # (K, E-1) → best candidate, feasible?
+        leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
+        exits = leave.int().argmax(-1)  # (K, N)
+        loss = losses.gather(1, exits.T).mean(0)  # (K,)
+        cost = costs.routed(thresholds < NEVER).gather(1, exits).mean(1)  # (K,)
+        over = cost > max_cost + 1e-9
+        best = int(torch.argmin(torch.where(over, torch.inf, loss) + 1e-9 * cost))
+        return thresholds[best].clone(), not bool(over[best])
+
+    levels = torch.cat([torch.tensor([-NEVER]), torch.linspace(-8.0, 8.0, 4 * grid + 1), torch.tensor([NEVER])])
+    best, feasible = pick(levels[:, None].expand(-1, scores.shape[1]))
+    if not feasible:
+        return None
+    for _ in range(rounds):
+        for i in range(scores.shape[1]):
+            options = torch.quantile(scores[:, i], torch.linspace(0.0, 1.0, grid))
+            options = torch.cat([torch.tensor([-NEVER]), options, torch.tensor([NEVER])])
+            trial = best[None].repeat(len(options) + 1, 1)
+            trial[1:, i] = options  # row 0 keeps the current thresholds: the budget stays met
+            best, _ = pick(trial)
     return best
 
 

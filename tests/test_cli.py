@@ -112,6 +112,7 @@ BAD_INPUTS = [
     (["--target-cost", "0.5", "--max-drop", "0.01"], "not both"),
     (["--max-drop", "5"], "fraction"),
     (["--lr", "-0.1"], "--lr"),
+    (["--fit-gates-on", "train", "--objective", "hard"], "--objective predict"),
 ]
 
 
@@ -171,7 +172,7 @@ def test_gate_options_override_the_dataset_defaults(tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["precision"] == "bf16"
     assert config["train"]["gates"]["objective"] == "predict" and config["train"]["gates"]["loss"] == "error"
-    assert config["model"]["gate"] == {"hidden": 16, "history": False, "pooled": True}
+    assert config["model"]["gate"] == {"hidden": 16, "history": False, "pooled": True, "classes": False}
     results = json.loads((out / "results.json").read_text())
     assert results["routed_check"]["matches_simulation"] is True
     alpha0 = next(p for p in results["policies"] if p["method"] == "leenet" and p["param"] == 0.0)
@@ -179,3 +180,16 @@ def test_gate_options_override_the_dataset_defaults(tmp_path: Path) -> None:
     assert alpha0["cost"] == pytest.approx(1.0), "... and no head on the way: it costs exactly the backbone"
     net = load_checkpoint(out / "model.pt")
     assert net.gate_config.pooled and not net.gate_config.history
+
+
+def test_gates_fit_on_the_training_split_with_class_inputs(tmp_path: Path) -> None:
+    out = tmp_path / "train_fit"
+    assert main(["run", "--out", str(out), *FAST, "--objective", "predict", "--loss", "error",
+                 "--fit-gates-on", "train", "--gate-classes", "--no-timing"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["gates"]["predictors_on"] == "train" and config["model"]["gate"]["classes"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["leenet_calibration_figures"].startswith("held out")
+    assert results["routed_check"]["matches_simulation"] is True
+    net = load_checkpoint(out / "model.pt")
+    assert net.gate_config.classes

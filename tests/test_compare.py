@@ -286,3 +286,97 @@ def test_soft_gates_that_do_not_pay_for_their_head_are_switched_off():
     assert [bool(g.enabled) for g in gates] == [True, False]  # exit 1 saves 5 x 0.4, its head costs 50 x 0.15
     exits = first_exit(torch.stack([g(x) for g, x in zip(gates, inputs)], 1) >= 0.5)
     assert exits.tolist() == [0] * 50 + [2] * 50
+
+
+def test_gate_sweep_predictors_fit_on_another_split_score_calibration_held_out(tiny_stages, tiny_input):
+    """predictors_on="train": fit on fit_on's outputs; calibration scores are theirs, no folds."""
+    import torch
+
+    from leenet.errors import LeenetError
+    from leenet.policies import gate_probabilities
+    from leenet.train import GateTrainConfig, _gate_logits, fit_correctness_gates, fit_gate_sweep
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    half = len(cache.labels) // 2
+    train, calib = (type(cache)(cache.logits[s], [p[s] for p in cache.pooled], cache.labels[s])
+                    for s in (slice(None, half), slice(half, None)))
+    config = GateTrainConfig(objective="predict", loss="error", steps=40, predictors_on="train")
+    fits = fit_gate_sweep(net, calib, [0.0, 0.4], config, seed=2, fit_on=train)
+    predictors = fit_correctness_gates(net, train, config, seed=2)  # never saw a calibration sample
+    inputs = calib.gate_inputs(net.gate_config)
+    with torch.no_grad():
+        scores = _gate_logits(predictors, inputs)
+        shipped = _gate_logits(fits[0.4].gates, inputs)
+    shift = scores - shipped  # the shipped gates are the predictors moved by a per-gate threshold
+    assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-4)
+    for fit in fits.values():  # the shipped gates never saw calibration: their own figures are held out
+        torch.testing.assert_close(fit.calib_probs, gate_probabilities(fit.gates, inputs))
+    assert fits[0.0].calib_probs.max() == 0
+    with pytest.raises(LeenetError, match="fit_on"):
+        fit_gate_sweep(net, calib, [0.4], config, seed=2)  # no training outputs given
+    with pytest.raises(LeenetError, match="fit_on"):
+        fit_gate_sweep(net, calib, [0.4], GateTrainConfig(objective="predict"), fit_on=train)
+
+
+def test_minibatch_predictor_fitting_learns_what_full_batch_learns(tiny_stages, tiny_input):
+    import torch
+
+    from leenet.train import GateTrainConfig, _gate_logits, fit_correctness_gates
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    inputs = cache.gate_inputs(net.gate_config)
+    aucs = {}
+    for batch in (0, 16):
+        config = GateTrainConfig(objective="predict", steps=200, batch_size=batch)
+        predictors = fit_correctness_gates(net, cache, config, seed=0)
+        with torch.no_grad():
+            scores = _gate_logits(predictors, inputs)
+        correct = cache.correct[:, :-1]
+        # rank agreement with correctness: P(score of a right sample > score of a wrong one), per gate
+        aucs[batch] = [float((scores[correct[:, i], i][:, None] > scores[~correct[:, i], i][None]).float().mean())
+                       for i in range(scores.shape[1]) if 0 < correct[:, i].sum() < len(correct)]
+    assert min(aucs[16]) > 0.75 and min(aucs[0]) > 0.75
+
+
+@pytest.mark.parametrize("kwargs, match", [({"predictors_on": "test"}, "predictor split"),
+                                           ({"predictors_on": "train", "objective": "soft"}, "--objective predict"),
+                                           ({"batch_size": -1}, "batch size")])
+def test_gate_train_config_rejects_bad_predictor_settings(kwargs, match):
+    from leenet.errors import LeenetError
+    from leenet.train import GateTrainConfig
+
+    with pytest.raises(LeenetError, match=match):
+        GateTrainConfig(**kwargs)
+
+
+def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, tiny_input):
+    """gates_for_budget: within the mean cost on calibration, as accurate as any threshold pair."""
+    import itertools
+
+    import torch
+
+    from leenet.cost import CostModel
+    from leenet.objective import exit_losses
+    from leenet.policies import first_exit, gate_probabilities
+    from leenet.train import NEVER, GateTrainConfig, gates_for_budget, predictor_scores
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss="error", steps=40, crossfit=1)
+    predictors, scores = predictor_scores(net, cache, config, seed=0)
+    inputs = cache.gate_inputs(net.gate_config)
+    losses = exit_losses(cache.logits, cache.labels, "error")
+    # slow reference: every threshold of the first two gates (the third never fires)
+    values = [torch.cat([torch.tensor([-NEVER]), scores[:, i].unique(), torch.tensor([NEVER])]) for i in range(2)]
+    reference = []
+    for t0, t1 in itertools.product(*values):
+        thresholds = torch.tensor([t0, t1, NEVER])
+        exits = first_exit(scores >= thresholds)
+        cost = CostModel.of(net).routed(thresholds < NEVER)[exits].mean()
+        reference.append((float(cost), float(losses.gather(1, exits[:, None]).mean())))
+    for budget in (0.25, 0.4, 0.6, 0.9):
+        gates = gates_for_budget(net, predictors, cache, scores, budget, config)
+        exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
+        assert float(net.routed_cost(gates)[exits].mean()) <= budget + 1e-6
+        best = min(loss for cost, loss in reference if cost <= budget + 1e-9)
+        assert float(losses.gather(1, exits[:, None]).mean()) <= best + 1e-6
+    assert gates_for_budget(net, predictors, cache, scores, 0.1, config) is None  # below the first exit

@@ -149,8 +149,8 @@ def test_heads_needed_with_history_keeps_heads_later_gates_read() -> None:
     assert heads_needed(enabled, history=True).tolist() == [True, True, False, False]
 
 
-@pytest.mark.parametrize("config", [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)],
-                         ids=str)
+@pytest.mark.parametrize("config", [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)]
+                         + [GateConfig(hidden=8, classes=True)], ids=str)
 def test_routed_cost_is_what_the_routed_forward_counts(config: GateConfig) -> None:
     """FLOPs of one image through the routed forward == the cost model, for every gate set."""
     net = attach_exits(_hand_stages(), ["a", "b"], input_shape=IN_SHAPE, num_classes=CLASSES, gate_config=config).eval()

@@ -91,7 +91,8 @@ def test_confidence_features_of_a_certain_prediction() -> None:
     assert got[0].tolist() == pytest.approx([1.0, 0.0, 1.0], abs=1e-6)
 
 
-CONFIGS = [GateConfig(history=h, pooled=p, hidden=w) for h in (False, True) for p in (False, True) for w in (0, 8)]
+CONFIGS = [GateConfig(history=h, pooled=p, hidden=w, classes=c)
+           for h in (False, True) for p in (False, True) for w in (0, 8) for c in (False, True)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -102,8 +103,8 @@ def test_gate_features_width_is_gate_input_dim(config: GateConfig, exit_index: i
     prev = torch.randn(4, exit_index, 5, generator=gen)
     pooled = torch.randn(4, 11, generator=gen)
     features = gate_features(logits, prev, pooled, config)
-    assert features.shape == (4, gate_input_dim(exit_index, 11, config))
-    gate = make_gates(exit_index + 1, [11] * (exit_index + 1), config)[exit_index]
+    assert features.shape == (4, gate_input_dim(exit_index, 11, config, num_classes=5))
+    gate = make_gates(exit_index + 1, [11] * (exit_index + 1), config, num_classes=5)[exit_index]
     assert gate(features).shape == (4,)
 
 
@@ -118,6 +119,22 @@ def test_gate_features_content() -> None:
     assert torch.allclose(got[:, 3:5], prev_max)
     assert got[:, 5:7].tolist() == [[0.0, 1.0], [1.0, 1.0]]  # agreement with this exit's argmax
     assert torch.equal(got[:, 7:], pooled)
+
+
+def test_gate_features_with_classes_add_probabilities_and_the_predicted_class() -> None:
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    prev = torch.tensor([[[0.0, 2.0, 0.0]], [[0.0, 0.0, 1.0]]])
+    pooled = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    got = gate_features(logits, prev, pooled, GateConfig(history=True, pooled=True, classes=True))
+    assert got.shape == (2, gate_input_dim(1, 2, GateConfig(history=True, pooled=True, classes=True), 3))
+    torch.testing.assert_close(got[:, 5:8], logits.softmax(-1))
+    assert got[:, 8:11].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert torch.equal(got[:, 11:], pooled)
+
+
+def test_gates_that_see_classes_need_the_class_count() -> None:
+    with pytest.raises(LeenetError, match="num_classes"):
+        make_gates(2, [4, 4], GateConfig(classes=True))
 
 
 def test_gate_features_need_pooled_when_configured() -> None:

@@ -18,6 +18,15 @@ def test_python_example_runs(capsys) -> None:
     assert accuracy > 90 and cost < 1.0, printed
 
 
+def test_budget_example_runs(capsys) -> None:
+    first, budget = re.findall(r"```python\n(.*?)```", README.split("## Python API", 1)[1], re.S)[:2]
+    scope: dict = {}
+    exec(compile(first, "README.md", "exec"), scope)
+    exec(compile(budget, "README.md", "exec"), scope)
+    cost = float(re.search(r"budget 0.5: mean cost ([\d.]+)", capsys.readouterr().out).group(1))
+    assert cost <= 0.6  # within the budget on calibration; test images may differ a little
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     readme_test = re.search(r"\.venv/bin/pip install -e '\.\[test\]' && \.venv/bin/python -m pytest -q", README)
