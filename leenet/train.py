@@ -602,8 +602,11 @@ def gates_for_budget(
     thresholds minimizing the calibration loss with mean cost at most ``max_cost`` (held-out
     ``scores`` from :func:`predictor_scores`). None when even the cheapest routing costs more.
     """
+    max_cost = float(max_cost)
+    if not max_cost > 0.0 or max_cost == float("inf"):  # also NaN
+        raise LeenetError(f"a budget is a mean cost > 0 (a share of the backbone's FLOPs, e.g. 0.5), got {max_cost}")
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-    thresholds = _budget_thresholds(scores, losses, CostModel.of(net), float(max_cost))
+    thresholds = _budget_thresholds(scores, losses, CostModel.of(net), max_cost)
     return None if thresholds is None else _shifted(predictors, thresholds)
 
 

@@ -356,6 +356,7 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
     import torch
 
     from leenet.cost import CostModel
+    from leenet.errors import LeenetError
     from leenet.objective import exit_losses
     from leenet.policies import first_exit, gate_probabilities
     from leenet.train import NEVER, GateTrainConfig, gates_for_budget, predictor_scores
@@ -380,3 +381,6 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
         best = min(loss for cost, loss in reference if cost <= budget + 1e-9)
         assert float(losses.gather(1, exits[:, None]).mean()) <= best + 1e-6
     assert gates_for_budget(net, predictors, cache, scores, 0.1, config) is None  # below the first exit
+    for bad in (float("nan"), 0.0, -1.0):
+        with pytest.raises(LeenetError, match="budget"):
+            gates_for_budget(net, predictors, cache, scores, bad, config)
