@@ -138,8 +138,11 @@ def run_config_from_args(args: argparse.Namespace):
     defaults = dataset_defaults(args.dataset)
     gate = _override(defaults["gate"], hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled,
                      classes=args.gate_classes)
+    predictors_on = args.fit_gates_on
+    if predictors_on is None and args.objective not in (None, "predict"):
+        predictors_on = "calib"  # a dataset default of predictors fit on train applies to "predict" gates only
     gate_train = _override(defaults["gate_train"], objective=args.objective, loss=args.loss, steps=args.gate_steps,
-                           alpha_units=args.alpha_units, predictors_on=args.fit_gates_on,
+                           alpha_units=args.alpha_units, predictors_on=predictors_on,
                            batch_size=args.gate_batch_size)
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
     return RunConfig(

@@ -193,3 +193,13 @@ def test_gates_fit_on_the_training_split_with_class_inputs(tmp_path: Path) -> No
     assert results["routed_check"]["matches_simulation"] is True
     net = load_checkpoint(out / "model.pt")
     assert net.gate_config.classes
+
+
+def test_another_objective_on_fashion_mnist_drops_the_train_split_default() -> None:
+    from leenet.cli import build_parser, run_config_from_args
+
+    args = build_parser().parse_args(["run", "--dataset", "fashion-mnist", "--objective", "soft"])
+    gates = run_config_from_args(args).train.gates
+    assert gates.objective == "soft" and gates.predictors_on == "calib"
+    args = build_parser().parse_args(["run", "--dataset", "fashion-mnist"])
+    assert run_config_from_args(args).train.gates is None  # the dataset default: predict, fit on train
