@@ -549,18 +549,15 @@ def _objective_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, alph
     error_part = (1.0 - alpha) * losses  # (N, E)
 
     def objective(thresholds: Tensor) -> Tensor:  # (K, E-1) → (K,)
-        leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
-        exits = leave.int().argmax(-1)  # (K, N) first exit that fires
-        cost = costs.routed(thresholds < NEVER)  # (K, E)
-        return error_part.gather(1, exits.T).mean(0) + alpha * cost.gather(1, exits).mean(1)
+        error, cost = _routed_means(scores, error_part, costs, thresholds)
+        return error + alpha * cost
 
     levels = torch.linspace(-8.0, 8.0, grid)
     shared = torch.cat([levels, torch.tensor([NEVER])])[:, None].expand(-1, scores.shape[1])
     best = shared[_last_argmin(objective(shared))].clone()
     for _ in range(rounds):
         for i in range(scores.shape[1]):
-            options = torch.quantile(scores[:, i], torch.linspace(0.0, 1.0, grid))
-            options = torch.cat([torch.tensor([-NEVER]), options, torch.tensor([NEVER])])
+            options = _gate_options(scores[:, i], grid)
             trial = best[None].repeat(len(options), 1)
             trial[:, i] = options
             values = objective(trial)
@@ -620,10 +617,7 @@ def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cos
     budget; among equally good candidates the cheapest wins.
     """
     def pick(thresholds: Tensor) -> tuple[Tensor, bool]:  # (K, E-1) → best candidate, feasible?
-        leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
-        exits = leave.int().argmax(-1)  # (K, N)
-        loss = losses.gather(1, exits.T).mean(0)  # (K,)
-        cost = costs.routed(thresholds < NEVER).gather(1, exits).mean(1)  # (K,)
+        loss, cost = _routed_means(scores, losses, costs, thresholds)
         over = cost > max_cost + 1e-9
         best = int(torch.argmin(torch.where(over, torch.inf, loss) + 1e-9 * cost))
         return thresholds[best].clone(), not bool(over[best])
@@ -634,12 +628,29 @@ def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cos
         return None
     for _ in range(rounds):
         for i in range(scores.shape[1]):
-            options = torch.quantile(scores[:, i], torch.linspace(0.0, 1.0, grid))
-            options = torch.cat([torch.tensor([-NEVER]), options, torch.tensor([NEVER])])
+            options = _gate_options(scores[:, i], grid)
             trial = best[None].repeat(len(options) + 1, 1)
             trial[1:, i] = options  # row 0 keeps the current thresholds: the budget stays met
             best, _ = pick(trial)
     return best
+
+
+def _routed_means(scores: Tensor, losses: Tensor, costs: CostModel, thresholds: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean loss and mean cost, each (K,), of routing by each row of ``thresholds`` (K, E-1).
+
+    A sample leaves at the first gate whose score (N, E-1) reaches its threshold; gates at
+    :data:`NEVER` are disabled and their unneeded heads priced as skipped.
+    """
+    leave = F.pad(scores[None] >= thresholds[:, None, :], (0, 1), value=True)  # (K, N, E)
+    exits = leave.int().argmax(-1)  # (K, N) first exit that fires
+    cost = costs.routed(thresholds < NEVER)  # (K, E)
+    return losses.gather(1, exits.T).mean(0), cost.gather(1, exits).mean(1)
+
+
+def _gate_options(scores: Tensor, grid: int) -> Tensor:
+    """Candidate thresholds of one gate: always fire, ``grid`` quantiles of its scores (N,), never."""
+    options = torch.quantile(scores, torch.linspace(0.0, 1.0, grid))
+    return torch.cat([torch.tensor([-NEVER]), options, torch.tensor([NEVER])])
 
 
 def _last_argmin(values: Tensor) -> int:
