@@ -137,7 +137,7 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
             precision = resolve_precision(config.train.precision or defaults["precision"], device.type)
             log(f"backbone: training {arch} for {epochs} epochs on {device} in {precision}"
                 + (" (classifier only)" if config.model.transfer else ""))
-            _train_backbone(backbone, loader(splits.train, True), epochs, config, defaults, device, zoo)
+            _train_backbone(backbone, loader(splits.train, True), epochs, config, defaults, device, zoo, precision)
         freeze_(backbone)
 
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -186,8 +186,12 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
     return results
 
 
-def _train_backbone(backbone, train_loader, epochs: int, config: RunConfig, defaults: dict, device, zoo) -> None:
-    """Train the whole backbone, or with ``--transfer`` only its classifier (the rest frozen)."""
+def _train_backbone(backbone, train_loader, epochs: int, config: RunConfig, defaults: dict, device, zoo,
+                    precision: str) -> None:
+    """Train the whole backbone, or with ``--transfer`` only its classifier (the rest frozen).
+
+    ``precision``: the training arithmetic, already resolved (``"fp32"`` or ``"bf16"``).
+    """
     params = None
     if config.model.transfer:
         params = zoo.classifier_parameters(backbone)
@@ -196,7 +200,7 @@ def _train_backbone(backbone, train_loader, epochs: int, config: RunConfig, defa
             p.requires_grad_(True)
     train_classifier(backbone, lambda: iter(train_loader), steps_per_epoch=len(train_loader), epochs=epochs,
                      lr=config.train.lr or defaults["lr"], params=params, device=device, progress=config.progress,
-                     precision=config.train.precision or defaults["precision"])
+                     precision=precision)
 
 
 def _wall_clock(net: ExitNet, test_loader, device, selected: dict) -> dict:
