@@ -43,11 +43,11 @@ from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, free
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
-# run on every seed; the rest on --lever-seeds. Alphas are in range units unless "raw units" says otherwise.
 # these also solve a budget every BUDGET_STEP of cost (gates_for_budget): a dense "budget curve"
 BUDGET_CURVE_METHODS = ("predict-error", "predict-error train classes")
 BUDGET_STEP = 0.005
 TRAIN_FIT = GateTrainConfig(objective="predict", loss="error", predictors_on="train", steps=1000, batch_size=2048)
+# run on every seed; the rest on --lever-seeds. Alphas are in range units unless "raw units" says otherwise.
 MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled", "predict-error raw units",
                 "predict-error train classes")
 METHODS: dict[str, tuple[GateConfig, GateTrainConfig]] = {
@@ -225,13 +225,12 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
     else:
         train = make_loader(splits.train, 128, train=True, seed=seed)
         train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False)
-    for split in ("calib", "test", "train"):  # train: what gates fit on the training split see
-        if split not in saved:
-            saved[split] = collect_outputs(net, make_loader(getattr(splits, split), 500, train=False),
-                                           progress=False)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"heads": net.heads.state_dict(), **saved}, cache)
+    missing = [split for split in ("calib", "test", "train") if split not in saved]  # train: for train-fit gates
+    for split in missing:
+        saved[split] = collect_outputs(net, make_loader(getattr(splits, split), 500, train=False), progress=False)
+    if cache is not None and missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**saved, "heads": net.heads.state_dict()}, cache)
     return net, saved["calib"], saved["test"], saved["train"]
 
 
@@ -367,9 +366,9 @@ def main() -> None:
     stages = split_backbone(backbone, args.exits)
     t = time.perf_counter()
     feats = None  # pooled features: only pooled-linear heads train on them
+    exits_tag = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)  # in cache file names
     if args.head == "pool":
-        suffix = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
-        feature_path = args.backbone.with_name(args.backbone.stem + suffix + "_features.pt")
+        feature_path = args.backbone.with_name(args.backbone.stem + exits_tag + "_features.pt")
         if args.reuse and log["reused"] and feature_path.exists():
             feats = torch.load(feature_path, weights_only=False)
         else:
@@ -382,7 +381,6 @@ def main() -> None:
         names = args.methods + (args.levers if seed in args.lever_seeds else [])
         head_cache = None
         if args.head != "pool" and args.reuse and log["reused"]:
-            exits_tag = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)
             head_cache = args.backbone.with_name(
                 f"{args.backbone.stem}{exits_tag}_{args.head}_e{args.head_epochs}_seed{seed}_heads.pt")
         net, calib, test, train = trained_exits(stages, args.exits, feats, splits, seed, args.head,
