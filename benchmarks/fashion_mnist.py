@@ -37,8 +37,8 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, gates_for_budget,  # noqa: E402
-                          predictor_scores, train_heads)
+from leenet.train import (GateFit, GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_,  # noqa: E402
+                          gates_for_budget, train_heads)
 
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
@@ -127,11 +127,17 @@ def points(cands: list[Candidate], split: str = "test") -> list[tuple[float, flo
     return [(getattr(c, split).cost, getattr(c, split).accuracy) for c in cands]
 
 
+def test_gap(cands: list[Candidate], baseline: list[Candidate], lo: float) -> dict:
+    """:func:`envelope_gap` on the test split, with the paired standard errors of the gap."""
+    outcomes = [np.stack([c.test.outcomes.numpy() for c in group]) for group in (cands, baseline)]
+    return envelope_gap(points(cands), points(baseline), lo, 1.0, GAP_TOL, outcomes=outcomes)
+
+
 def method_metrics(curve: list[Candidate], family: list[Candidate], baseline: list[Candidate],
                    singles: list[Candidate], lo: float) -> dict:
     """Targets (a)-(c) and budget mode for one gate method on one seed."""
     ref_c, ref_t = singles[-1].calib.accuracy, singles[-1].test.accuracy
-    gap = envelope_gap(points(curve), points(baseline), lo, 1.0, GAP_TOL)
+    gap = test_gap(curve, baseline, lo)
     calib_gap = envelope_gap(points(curve, "calib"), points(baseline, "calib"), lo, 1.0, GAP_TOL)
     drop = cheapest_within_drop(family, ref_c, 0.005)
     alpha0 = next(c for c in curve if c.param == 0.0)
@@ -141,7 +147,7 @@ def method_metrics(curve: list[Candidate], family: list[Candidate], baseline: li
                     for d in (0.005, 0.01)})
     return {
         "gap": gap, "calib_area": calib_gap["area"],
-        "family_gap": envelope_gap(points(family), points(baseline), lo, 1.0, GAP_TOL),
+        "family_gap": test_gap(family, baseline, lo),
         "drop_point": None if drop is None else {"alpha": drop.param, "threshold": drop.threshold,
                                                  "calib": drop.calib.as_dict(), "test": drop.test.as_dict()},
         "cost_at_0.5pt": None if drop is None else drop.test.cost,
@@ -181,6 +187,9 @@ def summarize_metrics(runs: list[dict]) -> dict:
             "budget_area": lambda m: m.get("budget_gap", {}).get("area"),
             "budget_worst_gap": lambda m: m.get("budget_gap", {}).get("worst_gap"),
             "budget_worst_cost": lambda m: m.get("budget_gap", {}).get("worst_cost")}
+    for prefix, gap in (("", "gap"), ("family_", "family_gap"), ("budget_", "budget_gap")):  # paired errors
+        for key in ("worst_stderr", "min_z", "min_z_cost", "min_z_gap"):
+            keys[prefix + key] = lambda m, gap=gap, key=key: m.get(gap, {}).get(key)
     out = {}
     for name, get in keys.items():
         vals = [get(m) for m in runs]
@@ -234,13 +243,12 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
     return net, saved["calib"], saved["test"], saved["train"]
 
 
-def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainConfig, seed: int,
-                   fit_on: CachedOutputs | None) -> list[Candidate]:
-    """LEENet's budget mode solved at every ``BUDGET_STEP`` of cost (param = the budget)."""
-    predictors, scores = predictor_scores(net, calib, config, seed=seed, fit_on=fit_on)
+def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainConfig, fit: GateFit) -> list[Candidate]:
+    """LEENet's budget mode solved at every ``BUDGET_STEP`` of cost (param = the budget), with the
+    correctness predictors and calibration scores of a "predict" sweep's ``fit``."""
     out = []
     for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, BUDGET_STEP):
-        gates = gates_for_budget(net, predictors, calib, scores, float(budget), config)
+        gates = gates_for_budget(net, fit.predictors, calib, fit.scores, float(budget), config)
         if gates is not None:
             out += ev.leenet(float(budget), gates, net.gate_config)
     return out
@@ -263,13 +271,14 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutput
                                calib.logits.shape[-1])
         fit_on = train if train_config.predictors_on == "train" else None
         family = []
-        for alpha, fit in fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed, fit_on=fit_on).items():
+        fits = fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed, fit_on=fit_on)
+        for alpha, fit in fits.items():
             family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
         if name in BUDGET_CURVE_METHODS:
-            budget_curve = solved_budgets(net, ev, calib, train_config, seed, fit_on)
-            metrics["budget_gap"] = envelope_gap(points(budget_curve), points(both), float(net.cost[0]), 1.0, GAP_TOL)
+            budget_curve = solved_budgets(net, ev, calib, train_config, fits[ALPHAS[0]])
+            metrics["budget_gap"] = test_gap(budget_curve, both, float(net.cost[0]))
         metrics["seconds"] = time.perf_counter() - start
         out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics}
         print(f"seed {seed} {name}: area {metrics['gap']['area']:+.5f} worst {metrics['gap']['worst_gap']:+.4f}"
@@ -277,6 +286,7 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutput
               f"cost@0.5pt {metrics['cost_at_0.5pt']} jump {metrics['max_jump']:.3f} "
               f"a0-drop {metrics['alpha0_drop']:+.4f}"
               + (f" budget-curve area {metrics['budget_gap']['area']:+.5f} worst {metrics['budget_gap']['worst_gap']:+.4f}"
+                 + f" (SE {metrics['budget_gap']['worst_stderr']:.4f}, min z {metrics['budget_gap']['min_z']:+.2f})"
                  if "budget_gap" in metrics else "") + f" ({metrics['seconds']:.1f}s)", flush=True)
     return out
 

@@ -67,9 +67,24 @@ def targets_table(r: dict) -> str:
         f"| (b) area, budgets solved every 0.005 of cost (pt × cost) | {_ms(t.get('budget_area'), 100, 2)} |",
         f"| (b) worst gap, solved budgets (pt) at cost | {_ms(t.get('budget_worst_gap'), 100, 2)} at "
         f"{_ms(t.get('budget_worst_cost'))} |",
+        *_significance_rows(t),
         f"| (c) largest cost jump between neighbouring alphas | {_ms(t['max_jump'])} |",
         f"| (c) accuracy lost at alpha = 0 (pt) | {_ms(t['alpha0_drop'], 100, 2)} |",
     ])
+
+
+def _significance_rows(t: dict) -> list[str]:
+    """Paired standard errors of the (b) gaps: is the worst point a loss or test-set noise?"""
+    rows = []
+    for prefix, what in (("", "α-curve"), ("family_", "whole family"), ("budget_", "solved budgets")):
+        if t.get(prefix + "min_z") is None:
+            continue
+        rows += [
+            f"| (b) paired standard error of the worst gap, {what} (pt) | {_ms(t[prefix + 'worst_stderr'], 100, 2)} |",
+            f"| (b) most significant loss, {what}: gap / standard error (gap in pt at cost) | "
+            f"{_ms(t[prefix + 'min_z'], 1, 2)} ({_ms(t[prefix + 'min_z_gap'], 100, 2)} at {_ms(t[prefix + 'min_z_cost'])}) |",
+        ]
+    return rows
 
 
 def budgets_table(r: dict) -> str:

@@ -49,7 +49,7 @@ def envelope_at(envelope: Sequence[Point], costs: np.ndarray, tol: float = 0.0) 
 
 
 def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point],
-                 lo: float, hi: float, tol: float = 0.0) -> dict:
+                 lo: float, hi: float, tol: float = 0.0, outcomes: tuple | None = None) -> dict:
     """How far one envelope lies above another over the costs ``[lo, hi]``.
 
     ``gap(c) = env_leenet(c) − env_baseline(c)``; both are staircases, so the gap is
@@ -62,12 +62,21 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
         tol: a point counts at cost ``c`` when it costs at most ``c + tol`` (a policy whose
             cheapest setting sends a handful of test samples past the first exit then still
             counts at the first exit's cost).
+        outcomes: optional ``(leenet, baseline)`` per-sample correctness, arrays (P, N) of
+            0/1 aligned with the points (each point's accuracy is its row's mean), all on the
+            same N samples. The gap at each cost is then a paired difference of two policies,
+            with a standard error; the worst point of a staircase compared at hundreds of
+            costs is the most negative of many noisy differences, and its error says whether
+            it is a loss or noise.
 
     Returns:
         ``area``: ∫ gap dc (signed; accuracy × cost units); ``area_below``: ∫ min(gap, 0) dc,
         the part where the method loses; ``mean_gap``: ``area / (hi − lo)``;
         ``worst_cost`` and ``worst_gap``: where the gap is smallest (the leftmost such cost)
-        and its value; ``wins_everywhere``: ``worst_gap >= 0``.
+        and its value; ``wins_everywhere``: ``worst_gap >= 0``. With ``outcomes``, also
+        ``worst_stderr`` (the paired standard error of the gap at ``worst_cost``) and
+        ``min_z``, ``min_z_cost``, ``min_z_gap``: the smallest gap / standard error over the
+        costs where both families have a point (the most significant loss when negative).
     """
     if not hi > lo:
         raise ValueError(f"envelope_gap needs lo < hi, got lo={lo}, hi={hi}")
@@ -78,7 +87,7 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
     gap = envelope_at(env_a, starts, tol) - envelope_at(env_b, starts, tol)
     worst = int(np.argmin(gap))
     area = float((gap * widths).sum())
-    return {
+    out = {
         "lo": float(lo), "hi": float(hi),
         "area": area,
         "area_below": float((np.minimum(gap, 0.0) * widths).sum()),
@@ -87,6 +96,47 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
         "worst_gap": float(gap[worst]),
         "wins_everywhere": bool(gap[worst] >= 0.0),
     }
+    if outcomes is not None:
+        out.update(_gap_significance(leenet_points, baseline_points, outcomes, starts, worst, tol))
+    return out
+
+
+def _envelope_members(points: Sequence[Point], costs: np.ndarray, tol: float) -> np.ndarray:
+    """Index into ``points`` of the point that gives the upper envelope its value at each cost (-1: none)."""
+    arr = np.asarray(points, dtype=float).reshape(-1, 2)
+    order = np.lexsort((-arr[:, 1], arr[:, 0]))  # as in upper_envelope
+    acc = arr[order, 1]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(acc)[:-1]])
+    step = np.maximum.accumulate(np.where(acc > best_before, np.arange(len(acc)), -1))  # last improvement so far
+    idx = np.searchsorted(arr[order, 0], np.asarray(costs, dtype=float) + tol, side="right") - 1
+    return np.where(idx >= 0, order[step[np.clip(idx, 0, None)]], -1)
+
+
+def paired_stderr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Standard error of ``mean(a) − mean(b)`` over paired samples (last axis), e.g. two
+    policies' 0/1 correctness on the same test images (McNemar's normal approximation)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return np.sqrt(np.maximum(d.var(axis=-1), 0.0) / d.shape[-1])
+
+
+def _gap_significance(leenet_points: Sequence[Point], baseline_points: Sequence[Point], outcomes: tuple,
+                      starts: np.ndarray, worst: int, tol: float) -> dict:
+    ours, theirs = (np.asarray(o, dtype=bool) for o in outcomes)
+    if ours.shape[0] != len(leenet_points) or theirs.shape[0] != len(baseline_points) or ours.shape[1] != theirs.shape[1]:
+        raise ValueError("outcomes must have one row per point and the same samples for both families")
+    a, b = _envelope_members(leenet_points, starts, tol), _envelope_members(baseline_points, starts, tol)
+    both = (a >= 0) & (b >= 0)
+    se = np.full(len(starts), np.nan)
+    se[both] = paired_stderr(ours[a[both]], theirs[b[both]])
+    gap = ours[a[both]].mean(-1) - theirs[b[both]].mean(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se[both] > 0, gap / se[both], np.sign(gap) * np.inf)
+    z = np.where(gap == 0, 0.0, z)
+    out = {"worst_stderr": float(se[worst])}
+    if both.any():
+        k = int(np.argmin(z))
+        out.update(min_z=float(z[k]), min_z_cost=float(starts[both][k]), min_z_gap=float(gap[k]))
+    return out
 
 
 def max_neighbour_jump(costs: Sequence[float]) -> float:

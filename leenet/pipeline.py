@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -46,7 +45,7 @@ DATASET_DEFAULTS = {
     "fashion-mnist": {"arch": "small_resnet", "epochs": 24, "lr": 0.1, "precision": "auto", "head_epochs": 6,
                       "head": "sdn", "gate": GateConfig(hidden=32, classes=True),
                       "gate_train": GateTrainConfig(objective="predict", loss="error", predictors_on="train",
-                                                    steps=1000, batch_size=2048)},
+                                                    steps=1000)},
     "cifar10": {"arch": "resnet50_cifar", "epochs": 30, "lr": 0.05, "precision": "auto", "head_epochs": 5,
                 "head": "pool", **_LARGE_CALIB},
     "cifar100": {"arch": "resnet50_cifar", "epochs": 30, "lr": 0.05, "precision": "auto", "head_epochs": 5,
@@ -153,8 +152,6 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
                     lr=config.train.head_lr, device=device, progress=config.progress)
 
     gate_cfg = config.train.gates or defaults["gate_train"]
-    if gate_cfg.predictors_on == "train" and gate_cfg.batch_size == 0:
-        gate_cfg = replace(gate_cfg, batch_size=2048)  # full-batch steps over a whole training split are slow
     with timer.phase("cache"):
         calib = _cache(net, loader(splits.calib, False), device, config.progress, "calibration")
         test = _cache(net, loader(splits.test, False), device, config.progress, "test")

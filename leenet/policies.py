@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,9 @@ class PolicyResult:
     # sqrt(share of samples where exactly one of the two is right / N)); 0 when unknown.
     drop_stderr: float = 0.0
     cost_stderr: float = 0.0  # standard error of the mean cost (per-sample cost spread / sqrt(N))
+    # (N,) bool: whether each sample was classified right, for paired comparisons of two
+    # policies on the same samples (leenet.compare.envelope_gap); not serialized
+    outcomes: Tensor | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -107,7 +110,7 @@ def summarize(exit_index: Tensor, correct: Tensor, cost: Tensor) -> PolicyResult
     stderr = math.sqrt(float(discordant) / n)
     cost_stderr = float(sample_cost.std(correction=0)) / math.sqrt(n)
     return PolicyResult(float(chosen.float().mean()), float(sample_cost.mean()), tuple(float(f) for f in fractions),
-                        stderr, cost_stderr)
+                        stderr, cost_stderr, chosen.cpu())
 
 
 @torch.no_grad()

@@ -22,6 +22,10 @@ Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]  # a fresh pass over a s
 OBJECTIVES = ("hard", "soft", "predict")
 ALPHA_UNITS = ("range", "raw")
 PREDICTOR_SPLITS = ("calib", "train")
+TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
+# Budget solutions whose mean calibration loss is this close count as equally good (0.05 % of
+# accuracy, 5 images in 10k: within noise); the dearest is kept (see _budget_thresholds).
+BUDGET_TIE = 5e-4
 PRECISIONS = ("auto", "fp32", "bf16")  # training arithmetic of train_classifier
 NEVER = 1e4  # a logit shift no gate input overcomes: the gate never fires
 
@@ -44,7 +48,8 @@ class GateTrainConfig:
     predictors_on: str = "calib"  # "predict": the split the correctness predictors are fit to;
     # "train": the training split (5x the data; thresholds are still chosen on calibration,
     # where the predictors' scores are then held out)
-    batch_size: int = 0  # "predict": minibatch size of predictor fitting; 0 = full batch
+    batch_size: int = 0  # "predict": minibatch size of predictor fitting; 0 = full batch on the
+    # calibration split, TRAIN_SPLIT_BATCH on the training split (full-batch steps over it are slow)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -446,6 +451,11 @@ class GateFit:
     gates: nn.ModuleList  # fit on the whole calibration split: what the model ships with
     calib_probs: Tensor | None  # (N, E-1) out-of-fold gate probabilities; None = no held-out estimate
     raw_alpha: float = float("nan")  # the weight of cost in the objective as written (see objective_alpha)
+    # "predict" only, shared by every alpha of a sweep: the correctness predictors the gates are
+    # shifted copies of, and the calibration scores their thresholds were chosen on (what
+    # gates_for_budget needs to solve a budget without fitting them again)
+    predictors: nn.ModuleList | None = None
+    scores: Tensor | None = None
 
 
 def fit_gate_sweep(
@@ -484,10 +494,11 @@ def fit_gate_sweep(
             shift = _alpha_thresholds(net, choose_on, losses, raw)
             gates = _shifted(predictors, shift)
             held_out = torch.sigmoid(choose_on - shift) if held_out_scores else None
+            fits[alpha] = GateFit(gates, held_out, raw, predictors, choose_on)
         else:
             gates = train_gates(net, cache, raw, raw_config, seed=seed, inputs=inputs)
             held_out = _crossfit_probabilities(net, cache, raw, raw_config, seed=seed, inputs=inputs)
-        fits[alpha] = GateFit(gates, held_out, raw)
+            fits[alpha] = GateFit(gates, held_out, raw)
     return fits
 
 
@@ -517,7 +528,8 @@ def _fit_predictors(gates: nn.ModuleList, inputs: Sequence[Tensor], correct: Ten
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gates.train()
     n = len(correct)
-    batch = config.batch_size if 0 < config.batch_size < n else n
+    batch = config.batch_size or (TRAIN_SPLIT_BATCH if config.predictors_on == "train" else n)
+    batch = min(batch, n)
     gen = torch.Generator().manual_seed(0)
     order, pos = None, n
     for _ in range(config.steps):
@@ -614,12 +626,16 @@ def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cos
 
     Starts from the best feasible shared threshold (on the logit scale, firing always and
     never included), then coordinate descent over each gate's score quantiles keeping the
-    budget; among equally good candidates the cheapest wins.
+    budget. Candidates within :data:`BUDGET_TIE` of the least loss count as equally good,
+    and the dearest of them wins: the budget is the user's to spend, and on new data later
+    exits are the safer bet (thresholds chosen on calibration flatter the early ones).
     """
     def pick(thresholds: Tensor) -> tuple[Tensor, bool]:  # (K, E-1) → best candidate, feasible?
         loss, cost = _routed_means(scores, losses, costs, thresholds)
         over = cost > max_cost + 1e-9
-        best = int(torch.argmin(torch.where(over, torch.inf, loss) + 1e-9 * cost))
+        loss = torch.where(over, torch.inf, loss)
+        tied = loss <= loss.min() + BUDGET_TIE + 1e-12
+        best = int(torch.argmax(torch.where(tied, cost, -torch.inf)))
         return thresholds[best].clone(), not bool(over[best])
 
     levels = torch.cat([torch.tensor([-NEVER]), torch.linspace(-8.0, 8.0, 4 * grid + 1), torch.tensor([NEVER])])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from leenet.compare import envelope_at, envelope_gap, max_neighbour_jump, upper_envelope
+from leenet.compare import envelope_at, envelope_gap, max_neighbour_jump, paired_stderr, upper_envelope
 
 
 def _slow_env(points, c):
@@ -55,6 +55,55 @@ def test_envelope_gap_exact_case():
     assert out["worst_cost"] == pytest.approx(0.4) and out["worst_gap"] == pytest.approx(-0.07)
     with pytest.raises(ValueError):
         envelope_gap(a, b, 1.0, 1.0)
+
+
+def test_paired_stderr_known_value():
+    # differences (0, 1, 0, 0): variance 3/16 over 4 samples
+    assert paired_stderr([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(np.sqrt(3 / 16 / 4))
+    assert paired_stderr([1, 0, 1], [1, 0, 1]) == 0.0
+
+
+def _slow_member(points, c, tol):
+    """Index of the most accurate point costing at most c + tol, the cheapest on ties."""
+    fits = [i for i, (cost, _) in enumerate(points) if cost <= c + tol]
+    return max(fits, key=lambda i: (points[i][1], -points[i][0])) if fits else None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_envelope_gap_significance_matches_slow_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, tol, lo, hi = 400, 0.002, 0.15, 1.0
+    ours, theirs = rng.random((20, n)) < rng.uniform(0.6, 0.95, (20, 1)), rng.random((25, n)) < 0.8
+    a = [(float(c), float(o.mean())) for c, o in zip(rng.uniform(0.1, 1.0, 20), ours)]
+    b = [(float(c), float(o.mean())) for c, o in zip(rng.uniform(0.1, 1.0, 25), theirs)]
+    if seed % 2:  # both families have a point at every cost compared
+        lo = max(min(c for c, _ in a), min(c for c, _ in b))
+    out = envelope_gap(a, b, lo, hi, tol, outcomes=(ours, theirs))
+    assert not (seed % 2 and np.isnan(out["worst_stderr"]))
+    assert {k: v for k, v in out.items() if k in envelope_gap(a, b, lo, hi, tol)} == envelope_gap(a, b, lo, hi, tol)
+    costs = sorted({lo, *(c - tol for c, _ in a + b if lo < c - tol < hi)})
+    z_ref = []
+    for c in costs:
+        i, j = _slow_member(a, c, tol), _slow_member(b, c, tol)
+        if i is None or j is None:
+            continue
+        d = ours[i].astype(float) - theirs[j].astype(float)
+        se = np.sqrt(np.mean((d - d.mean()) ** 2) / n)
+        z_ref.append((d.mean() / se if se > 0 else 0.0, c, d.mean()))
+    z, c, gap = min(z_ref)
+    assert out["min_z"] == pytest.approx(z) and out["min_z_cost"] == pytest.approx(c)
+    assert out["min_z_gap"] == pytest.approx(gap)
+    i, j = _slow_member(a, out["worst_cost"], tol), _slow_member(b, out["worst_cost"], tol)
+    if i is None or j is None:  # one family offers nothing there: no paired error
+        assert np.isnan(out["worst_stderr"])
+    else:
+        d = ours[i].astype(float) - theirs[j].astype(float)
+        assert out["worst_stderr"] == pytest.approx(np.sqrt(np.mean((d - d.mean()) ** 2) / n))
+
+
+def test_envelope_gap_rejects_outcomes_that_do_not_match_the_points():
+    with pytest.raises(ValueError, match="one row per point"):
+        envelope_gap([(0.5, 0.5)], [(0.5, 0.5)], 0.1, 1.0, outcomes=(np.ones((2, 4)), np.ones((1, 4))))
 
 
 def test_max_neighbour_jump():
@@ -312,6 +361,11 @@ def test_gate_sweep_predictors_fit_on_another_split_score_calibration_held_out(t
     for fit in fits.values():  # the shipped gates never saw calibration: their own figures are held out
         torch.testing.assert_close(fit.calib_probs, gate_probabilities(fit.gates, inputs))
     assert fits[0.0].calib_probs.max() == 0
+    # every alpha shares the predictors and the calibration scores it chose thresholds on
+    assert fits[0.0].predictors is fits[0.4].predictors and fits[0.0].scores is fits[0.4].scores
+    with torch.no_grad():
+        torch.testing.assert_close(fits[0.4].scores, _gate_logits(fits[0.4].predictors, inputs))
+        torch.testing.assert_close(fits[0.4].scores, scores, atol=1e-4, rtol=0)  # the same fit as above
     with pytest.raises(LeenetError, match="fit_on"):
         fit_gate_sweep(net, calib, [0.4], config, seed=2)  # no training outputs given
     with pytest.raises(LeenetError, match="fit_on"):
@@ -338,6 +392,28 @@ def test_minibatch_predictor_fitting_learns_what_full_batch_learns(tiny_stages, 
     assert min(aucs[16]) > 0.75 and min(aucs[0]) > 0.75
 
 
+def test_predictors_fit_on_the_training_split_default_to_minibatches(tiny_stages, tiny_input, monkeypatch):
+    """batch_size 0 means the whole split for calibration fits, TRAIN_SPLIT_BATCH for training-split fits."""
+    import torch
+
+    from leenet import train as train_module
+    from leenet.train import GateTrainConfig, _gate_logits, fit_correctness_gates
+
+    monkeypatch.setattr(train_module, "TRAIN_SPLIT_BATCH", 16)
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    inputs = cache.gate_inputs(net.gate_config)
+
+    def scores(**kwargs):
+        predictors = fit_correctness_gates(net, cache, GateTrainConfig(objective="predict", steps=30, **kwargs))
+        with torch.no_grad():
+            return _gate_logits(predictors, inputs)
+
+    default_train = scores(predictors_on="train")
+    torch.testing.assert_close(default_train, scores(predictors_on="train", batch_size=16))
+    torch.testing.assert_close(scores(), scores(batch_size=len(cache.labels)))  # calibration: full batch
+    assert not torch.allclose(default_train, scores())
+
+
 @pytest.mark.parametrize("kwargs, match", [({"predictors_on": "test"}, "predictor split"),
                                            ({"predictors_on": "train", "objective": "soft"}, "--objective predict"),
                                            ({"batch_size": -1}, "batch size")])
@@ -359,7 +435,7 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
     from leenet.errors import LeenetError
     from leenet.objective import exit_losses
     from leenet.policies import first_exit, gate_probabilities
-    from leenet.train import NEVER, GateTrainConfig, gates_for_budget, predictor_scores
+    from leenet.train import BUDGET_TIE, NEVER, GateTrainConfig, gates_for_budget, predictor_scores
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
     config = GateTrainConfig(objective="predict", loss="error", steps=40, crossfit=1)
@@ -379,7 +455,14 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
         exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
         assert float(net.routed_cost(gates)[exits].mean()) <= budget + 1e-6
         best = min(loss for cost, loss in reference if cost <= budget + 1e-9)
-        assert float(losses.gather(1, exits[:, None]).mean()) <= best + 1e-6
+        loss = float(losses.gather(1, exits[:, None]).mean())
+        assert loss <= best + BUDGET_TIE + 1e-6
+    # every exit equally right: of equally good routings the dearest within the budget is kept
+    same = type(cache)(cache.logits[:, :1].expand_as(cache.logits), cache.pooled, cache.labels)
+    for budget, cost in ((2.0, 1.03), (0.45, 0.45)):
+        gates = gates_for_budget(net, predictors, same, scores, budget, config)
+        exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
+        assert float(net.routed_cost(gates)[exits].mean()) == pytest.approx(cost, abs=0.02)
     assert gates_for_budget(net, predictors, cache, scores, 0.1, config) is None  # below the first exit
     for bad in (float("nan"), 0.0, -1.0):
         with pytest.raises(LeenetError, match="budget"):
