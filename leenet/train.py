@@ -632,7 +632,7 @@ def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cos
     """
     def pick(thresholds: Tensor) -> tuple[Tensor, bool]:  # (K, E-1) → best candidate, feasible?
         loss, cost = _routed_means(scores, losses, costs, thresholds)
-        over = cost > max_cost + 1e-9
+        over = cost > max_cost * (1 + 1e-6)  # float32 means: a budget of exactly the first exit's cost fits
         loss = torch.where(over, torch.inf, loss)
         tied = loss <= loss.min() + BUDGET_TIE + 1e-12
         best = int(torch.argmax(torch.where(tied, cost, -torch.inf)))

@@ -464,6 +464,8 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
         exits = first_exit(gate_probabilities(gates, inputs) >= 0.5)
         assert float(net.routed_cost(gates)[exits].mean()) == pytest.approx(cost, abs=0.02)
     assert gates_for_budget(net, predictors, cache, scores, 0.1, config) is None  # below the first exit
+    # exactly the first exit's cost (float32 means of it may round up) is a budget that fits
+    assert gates_for_budget(net, predictors, cache, scores, float(net.cost[0]), config) is not None
     for bad in (float("nan"), 0.0, -1.0):
         with pytest.raises(LeenetError, match="budget"):
             gates_for_budget(net, predictors, cache, scores, bad, config)
