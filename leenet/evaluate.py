@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from leenet.cost import CostModel
 from leenet.errors import LeenetError
-from leenet.heads import GateConfig
+from leenet.heads import GateConfig, enabled_flags
 from leenet.policies import (
     CachedOutputs,
     PolicyResult,
@@ -110,8 +110,7 @@ class Evaluator:
         """
         p_calib = gate_probabilities(gates, self.calib.gate_inputs(config))
         p_test = gate_probabilities(gates, self.test.gate_inputs(config))
-        enabled = torch.stack([g.enabled.cpu() for g in gates]) if len(gates) else torch.zeros(0, dtype=torch.bool)
-        cost = replace(self.costs, history=config.history).routed(enabled)
+        cost = replace(self.costs, history=config.history).routed(enabled_flags(gates).cpu())
         out = []
         for t in thresholds:
             calib, test = self._measure(first_exit(p_calib >= t), first_exit(p_test >= t), cost)

@@ -224,3 +224,10 @@ def make_gates(
     return nn.ModuleList(
         Gate(gate_input_dim(i, pooled_dims[i], config, num_classes), config.hidden) for i in range(num_gates)
     )
+
+
+def enabled_flags(gates: Sequence[nn.Module]) -> Tensor:
+    """(E-1,) bool on the gates' device: which of ``gates`` can fire (a disabled gate's head may be skipped)."""
+    if not len(gates):
+        return torch.zeros(0, dtype=torch.bool)
+    return torch.stack([gate.enabled for gate in gates])

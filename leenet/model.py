@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from leenet.cost import heads_needed, routed_costs
 from leenet.errors import LeenetError
-from leenet.heads import GateConfig, gate_features, global_pool, make_gates, make_head
+from leenet.heads import GateConfig, enabled_flags, gate_features, global_pool, make_gates, make_head
 
 
 @dataclass
@@ -83,10 +83,7 @@ class ExitNet(nn.Module):
 
     def enabled_exits(self, gates: Sequence[nn.Module] | None = None) -> Tensor:
         """(E-1,) bool: which early exits' gates (``self.gates`` by default) can fire."""
-        gates = self.gates if gates is None else gates
-        if not len(gates):
-            return torch.zeros(0, dtype=torch.bool, device=self.cost.device)
-        return torch.stack([gate.enabled for gate in gates])
+        return enabled_flags(self.gates if gates is None else gates).to(self.cost.device)
 
     def routed_cost(self, gates: Sequence[nn.Module] | None = None) -> Tensor:
         """(E,) relative cost of each exit of the routed network with ``gates`` (default: its own).
