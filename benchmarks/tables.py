@@ -64,7 +64,8 @@ def targets_table(r: dict) -> str:
         f"| (b) worst gap, α-curve (pt) at cost | {_ms(t['worst_gap'], 100, 2)} at {_ms(t['worst_cost'])} |",
         f"| (b) area, whole α × threshold family (pt × cost) | {_ms(t['family_area'], 100, 2)} |",
         f"| (b) worst gap, whole family (pt) | {_ms(t['family_worst_gap'], 100, 2)} |",
-        f"| (b) area, budgets solved every 0.005 of cost (pt × cost) | {_ms(t.get('budget_area'), 100, 2)} |",
+        f"| (b) area, budgets solved every {r.get('budget_step', 0.005):g} of cost (pt × cost) | "
+        f"{_ms(t.get('budget_area'), 100, 2)} |",
         f"| (b) worst gap, solved budgets (pt) at cost | {_ms(t.get('budget_worst_gap'), 100, 2)} at "
         f"{_ms(t.get('budget_worst_cost'))} |",
         *_significance_rows(t),
