@@ -17,9 +17,6 @@ from pathlib import Path
 
 import fashion_mnist as fm
 
-from leenet.data import load_dataset
-from leenet.split import split_backbone
-from leenet.train import freeze_
 
 
 def main() -> None:
@@ -30,9 +27,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     start = time.perf_counter()
-    splits = load_dataset("fashion-mnist", calib_size=fm.CALIB_SIZE, seed=0)
-    backbone, _ = fm.load_or_train_backbone(args.backbone, splits, reuse=True)
-    stages = split_backbone(freeze_(backbone), list(fm.EXITS))
+    splits, stages = fm.cached_backbone_stages(args.backbone)
     net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6)
     rows = []
     for count in args.counts:

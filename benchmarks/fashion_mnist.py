@@ -200,6 +200,14 @@ def summarize_metrics(runs: list[dict]) -> dict:
     return out
 
 
+def cached_backbone_stages(path: Path) -> tuple[object, list]:
+    """The Fashion-MNIST splits and the frozen stages of the cached backbone at ``path``
+    (trained and cached first if missing), cut at :data:`EXITS`: what the side studies reuse."""
+    splits = load_dataset("fashion-mnist", calib_size=CALIB_SIZE, seed=0)
+    backbone, _ = load_or_train_backbone(path, splits, reuse=True)
+    return splits, split_backbone(freeze_(backbone), list(EXITS))
+
+
 def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Module, dict]:
     """The cached backbone when asked and present, else a freshly trained one (then cached)."""
     log_path = path.with_suffix(".json")

@@ -35,14 +35,12 @@ import torch
 from leenet import train as train_module
 from leenet.compare import envelope_gap
 from leenet.cost import CostModel
-from leenet.data import load_dataset
 from leenet.evaluate import Evaluator
 from leenet.heads import make_gates
 from leenet.objective import exit_losses
 from leenet.policies import confidence_scores, first_exit, threshold_grid
-from leenet.split import split_backbone
 from leenet.train import (NEVER, GateTrainConfig, _budget_thresholds, _fit_predictors, _fold_splits, _fresh_gates,
-                          _gate_logits, freeze_, predictor_scores)
+                          _gate_logits, predictor_scores)
 
 
 def _fit(net, inputs, target, config, seed):
@@ -145,16 +143,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     start = time.perf_counter()
-    splits = load_dataset("fashion-mnist", calib_size=fm.CALIB_SIZE, seed=0)
-    backbone, _ = fm.load_or_train_backbone(args.backbone, splits, reuse=True)
-    stages = split_backbone(freeze_(backbone), list(fm.EXITS))
+    splits, stages = fm.cached_backbone_stages(args.backbone)
     rows = [row for seed in args.seeds for row in run_seed(stages, splits, args.backbone, seed, args.step)]
     summary = {}
     for name in dict.fromkeys(r["score"] for r in rows):
         mine = [r for r in rows if r["score"] == name]
         summary[name] = {key: fm.mean_std([r[key] for r in mine])
                          for key in ("area", "worst_gap", "worst_stderr", "min_z", "top_accuracy")}
-    result = {"seeds": args.seeds, "step": args.step, "rows": rows, "summary": summary, "seconds": time.perf_counter() - start}
+    result = {"seeds": args.seeds, "step": args.step, "rows": rows, "summary": summary,
+              "seconds": time.perf_counter() - start}
     for name, s in summary.items():
         print(f"{name:28s} " + "  ".join(f"{k} {m:+.4f} ± {sd:.4f}" for k, (m, sd) in s.items()))
     if args.out:
