@@ -32,15 +32,14 @@ import fashion_mnist as fm
 import numpy as np
 import torch
 
-from leenet import train as train_module
 from leenet.compare import envelope_gap
 from leenet.cost import CostModel
 from leenet.evaluate import Evaluator
 from leenet.heads import make_gates
 from leenet.objective import exit_losses
-from leenet.policies import confidence_scores, first_exit, threshold_grid
-from leenet.train import (NEVER, GateTrainConfig, _budget_thresholds, _fit_predictors, _fold_splits, _fresh_gates,
-                          _gate_logits, predictor_scores)
+from leenet.policies import confidence_scores, first_exit, summarize, threshold_grid
+from leenet.train import (BUDGET_TIE, NEVER, GateTrainConfig, _budget_thresholds, _fit_predictors, _fold_splits,
+                          _fresh_gates, _gate_logits, predictor_scores)
 
 
 def _fit(net, inputs, target, config, seed):
@@ -74,19 +73,14 @@ def budget_envelope(net, calib, test, s_calib, s_test, baseline, tie, step):
     """Solve a budget every ``step`` of cost on calibration, route test by the same thresholds, compare."""
     costs = CostModel.of(net)
     losses = exit_losses(calib.logits, calib.labels, "error")
-    saved, train_module.BUDGET_TIE = train_module.BUDGET_TIE, tie
     points, outcomes = [], []
-    try:
-        for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, step):
-            thresholds = _budget_thresholds(s_calib, losses, costs, float(budget))
-            if thresholds is None:
-                continue
-            exits = first_exit(s_test >= thresholds)
-            right = test.correct.gather(1, exits[:, None]).squeeze(1)
-            points.append((float(costs.routed(thresholds < NEVER)[exits].mean()), float(right.float().mean())))
-            outcomes.append(right.numpy())
-    finally:
-        train_module.BUDGET_TIE = saved
+    for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, step):
+        thresholds = _budget_thresholds(s_calib, losses, costs, float(budget), tie=tie)
+        if thresholds is None:
+            continue
+        result = summarize(first_exit(s_test >= thresholds), test.correct, costs.routed(thresholds < NEVER))
+        points.append((result.cost, result.accuracy))
+        outcomes.append(result.outcomes.numpy())
     base_out = np.stack([c.test.outcomes.numpy() for c in baseline])
     gap = envelope_gap(points, fm.points(baseline), float(net.cost[0]), 1.0, fm.GAP_TOL,
                        outcomes=(np.stack(outcomes), base_out))
@@ -109,11 +103,11 @@ def run_seed(stages, splits, backbone_path: Path, seed: int, step: float) -> dic
         predictors, scores = predictor_scores(net, calib, config, seed=seed + 100 * k, fit_on=train)
         calib_scores.append(scores)
         test_scores.append(_logits(predictors, test_inputs))
-    variants = {"correct": (calib_scores[0], test_scores[0], train_module.BUDGET_TIE),
+    variants = {"correct": (calib_scores[0], test_scores[0], BUDGET_TIE),
                 "correct, no tie slack": (calib_scores[0], test_scores[0], 0.0)}
     for n in (3, 5):
         variants[f"bag{n}"] = (torch.stack(calib_scores[:n]).mean(0), torch.stack(test_scores[:n]).mean(0),
-                               train_module.BUDGET_TIE)
+                               BUDGET_TIE)
     correct = calib.correct.float()
     targets = {"final": correct[:, -1:].expand(-1, net.num_exits - 1).contiguous(),
                "any later": torch.stack([correct[:, i + 1:].amax(1) for i in range(net.num_exits - 1)], 1)}
@@ -123,7 +117,7 @@ def run_seed(stages, splits, backbone_path: Path, seed: int, step: float) -> dic
         for beta in (1.0, 0.5):
             variants[f"gain vs {name}, beta {beta:g}"] = (gain(calib_scores[0], later_calib, beta),
                                                           gain(test_scores[0], later_test, beta),
-                                                          train_module.BUDGET_TIE)
+                                                          BUDGET_TIE)
     rows = []
     for name, (s_calib, s_test, tie) in variants.items():
         gap = budget_envelope(net, calib, test, s_calib, s_test, baseline, tie, step)

@@ -621,12 +621,12 @@ def gates_for_budget(
 
 @torch.no_grad()
 def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cost: float,
-                       grid: int = 64, rounds: int = 3) -> Tensor | None:
+                       grid: int = 64, rounds: int = 3, tie: float = BUDGET_TIE) -> Tensor | None:
     """(E-1,) score thresholds of least mean loss with mean cost ≤ ``max_cost``, or None.
 
     Starts from the best feasible shared threshold (on the logit scale, firing always and
     never included), then coordinate descent over each gate's score quantiles keeping the
-    budget. Candidates within :data:`BUDGET_TIE` of the least loss count as equally good,
+    budget. Candidates within ``tie`` (:data:`BUDGET_TIE`) of the least loss count as equally good,
     and the dearest of them wins: the budget is the user's to spend, and on new data later
     exits are the safer bet (thresholds chosen on calibration flatter the early ones).
     """
@@ -634,7 +634,7 @@ def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cos
         loss, cost = _routed_means(scores, losses, costs, thresholds)
         over = cost > max_cost * (1 + 1e-6)  # float32 means: a budget of exactly the first exit's cost fits
         loss = torch.where(over, torch.inf, loss)
-        tied = loss <= loss.min() + BUDGET_TIE + 1e-12
+        tied = loss <= loss.min() + tie + 1e-12
         best = int(torch.argmax(torch.where(tied, cost, -torch.inf)))
         return thresholds[best].clone(), not bool(over[best])
 
