@@ -18,7 +18,6 @@ from pathlib import Path
 import fashion_mnist as fm
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", type=Path, default=Path("runs/fmnist_backbone_w24.pt"))

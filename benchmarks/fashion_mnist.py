@@ -48,7 +48,8 @@ BUDGET_CURVE_METHODS = ("predict-error", "predict-error train classes")
 # 0.001: where the accuracy/cost curve is steep (near the first exit, ~0.7 pt per 0.01 of cost)
 # a coarser staircase loses tenths of a point to the baseline's between its own steps
 BUDGET_STEP = 0.001
-TRAIN_FIT = GateTrainConfig(objective="predict", loss="error", predictors_on="train", steps=1000, batch_size=2048)
+# minibatches of leenet.train.TRAIN_SPLIT_BATCH (2048), the default on the training split
+TRAIN_FIT = GateTrainConfig(objective="predict", loss="error", predictors_on="train", steps=1000)
 # run on every seed; the rest on --lever-seeds. Alphas are in range units unless "raw units" says otherwise.
 MAIN_METHODS = ("soft-ce", "predict-error", "predict-error pooled", "predict-error raw units",
                 "predict-error train classes")
