@@ -1,9 +1,9 @@
 """Does the learned policy's gap to thresholds close with more alphas? (issue 4, target (b)).
 
-Trains the SDN heads of seed 0 exactly as ``benchmarks/fashion_mnist.py --head sdn`` does, then
-fits ``predict-error`` gates (range units) on sweeps of 21, 41 and 81 evenly spaced alphas and
-compares each α-curve's upper envelope with the best threshold baseline's (41 thresholds) on
-the test split. Usage::
+Reuses the SDN heads of seed 0 that ``benchmarks/fashion_mnist.py --head sdn`` trained and
+cached (or trains and caches them the same way), then fits ``predict-error`` gates (range units)
+on sweeps of 21, 41 and 81 evenly spaced alphas and compares each α-curve's upper envelope with
+the best threshold baseline's on the test split. Usage::
 
     python benchmarks/alpha_density.py --out benchmarks/results/alpha_density_sdn.json
 """
@@ -27,11 +27,13 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     splits, stages = fm.cached_backbone_stages(args.backbone)
-    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6)
+    cache = args.backbone.with_name(f"{args.backbone.stem}_sdn_e6_seed{args.seed}_heads.pt")
+    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6, cache)
     rows = []
     for count in args.counts:
-        fm.ALPHAS = tuple(round(k / (count - 1), 4) for k in range(count))
-        out = fm.run_seed(net, calib, test, train, args.seed, {"predict-error": fm.METHODS["predict-error"]}, None)
+        alphas = tuple(round(k / (count - 1), 4) for k in range(count))
+        out = fm.run_seed(net, calib, test, train, args.seed, {"predict-error": fm.METHODS["predict-error"]}, None,
+                          alphas=alphas, budget_curve_methods=())
         m = out["methods"]["predict-error"]["metrics"]
         rows.append({"alphas": count, "area": m["gap"]["area"], "worst_gap": m["gap"]["worst_gap"],
                      "worst_cost": m["gap"]["worst_cost"], "family_area": m["family_gap"]["area"],

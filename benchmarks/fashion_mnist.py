@@ -31,8 +31,8 @@ from leenet.archs import SmallResNet  # noqa: E402
 from leenet.build import attach_exits  # noqa: E402
 from leenet.compare import envelope_gap, max_neighbour_jump  # noqa: E402
 from leenet.data import load_dataset, make_loader  # noqa: E402
-from leenet.evaluate import (DECISION_THRESHOLDS, Candidate, Evaluator, cheapest_within_drop,  # noqa: E402
-                             find_budget, operating_points)
+from leenet.evaluate import (BUDGET_MARGIN, DECISION_THRESHOLDS, Candidate, Evaluator,  # noqa: E402
+                             cheapest_within_drop, find_budget, operating_points)
 from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
@@ -266,8 +266,12 @@ def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainCo
 
 
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,
-             grids: dict | None) -> dict:
-    """Every gate method for one seed's heads; returns candidates and metrics."""
+             grids: dict | None, *, alphas: tuple[float, ...] = ALPHAS,
+             budget_curve_methods: tuple[str, ...] = BUDGET_CURVE_METHODS) -> dict:
+    """Every gate method for one seed's heads, swept over ``alphas``; returns candidates and metrics.
+
+    ``budget_curve_methods`` also solve a budget every :data:`BUDGET_STEP` of cost (minutes each).
+    """
     ev = Evaluator.of(net, calib, test)
     grids = grids or {k: threshold_grid(confidence_scores(calib.logits, k)) for k in ("max_softmax", "entropy")}
     baselines = {k: confidence_family(ev, k, g) for k, g in grids.items()}
@@ -282,13 +286,13 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutput
                                calib.logits.shape[-1])
         fit_on = train if train_config.predictors_on == "train" else None
         family = []
-        fits = fit_gate_sweep(net, calib, ALPHAS, train_config, seed=seed, fit_on=fit_on)
+        fits = fit_gate_sweep(net, calib, alphas, train_config, seed=seed, fit_on=fit_on)
         for alpha, fit in fits.items():
             family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
-        if name in BUDGET_CURVE_METHODS:
-            budget_curve = solved_budgets(net, ev, calib, train_config, fits[ALPHAS[0]])
+        if name in budget_curve_methods:
+            budget_curve = solved_budgets(net, ev, calib, train_config, fits[alphas[0]])
             metrics["budget_gap"] = test_gap(budget_curve, both, float(net.cost[0]))
         metrics["seconds"] = time.perf_counter() - start
         out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics}
@@ -353,6 +357,7 @@ def build_results(runs: list[dict], backbone_log: dict, net_info: dict, timings:
         **({"selected": {**sel, "reason": "cheapest (alpha, threshold) within 0.5 pt on calibration (seed 0)"}}
            if sel else {}),
         "gate_method": chosen, "seeds": args.seeds, "alphas": list(ALPHAS), "budget_step": BUDGET_STEP,
+        "budget_margin": BUDGET_MARGIN,
         "targets": levers[chosen], "levers": levers, "budget_mode": budgets,
         "timings": timings,
     }

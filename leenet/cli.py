@@ -99,6 +99,10 @@ def _add_run_parser(sub) -> None:
                     "within 0.5 pt of the backbone on calibration)")
     p_.add_argument("--target-cost", type=float, help="budget: mean cost <= C of the backbone's FLOPs (e.g. 0.5)")
     p_.add_argument("--max-drop", type=float, help="budget: lose at most D accuracy (fraction: 0.005 = 0.5 pt)")
+    p_.add_argument("--budget-margin", type=float,
+                    help="standard errors of slack a budget keeps on calibration, so that it also holds on new "
+                         "data (default 1.5: about 85%% of budgets at the edge hold; 0 = none, 2.5 = surer but "
+                         "dearer); also used for the report's operating points")
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=int, default=0, help="random seed")
     o.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
@@ -155,6 +159,7 @@ def run_config_from_args(args: argparse.Namespace):
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,
+        **({} if args.budget_margin is None else {"budget_margin": args.budget_margin}),
     )
 
 

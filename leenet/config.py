@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from leenet.errors import LeenetError
+from leenet.evaluate import BUDGET_MARGIN, check_margin
 from leenet.heads import HEAD_KINDS, GateConfig
 from leenet.objective import check_alpha
 from leenet.train import PRECISIONS, GateTrainConfig
@@ -85,6 +86,7 @@ class RunConfig:
     alpha: float | None = None  # the alpha whose gates the saved model uses; None = chosen for you
     target_cost: float | None = None  # budget: mean cost <= this fraction of backbone FLOPs
     max_drop: float | None = None  # budget: accuracy drop <= this fraction (0.005 = 0.5 pt)
+    budget_margin: float = BUDGET_MARGIN  # standard errors of slack budgets keep on calibration
     seed: int = 0  # seeds data splits, initialization and training
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     out: str | None = None  # run directory; None = runs/<dataset>-<arch>-<time>
@@ -105,6 +107,7 @@ class RunConfig:
             raise LeenetError(f"--target-cost must be a positive fraction of the backbone's FLOPs, got {self.target_cost}")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise LeenetError(f"--max-drop must be a fraction in [0, 1) (0.005 = 0.5 points), got {self.max_drop}")
+        check_margin(self.budget_margin)
         if self.device not in DEVICES:
             raise LeenetError(f"unknown device '{self.device}' (valid: {', '.join(DEVICES)})")
 

@@ -7,6 +7,7 @@ reported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -30,8 +31,12 @@ from leenet.policies import (
 
 COST_BUDGETS = (0.25, 0.5, 0.75, 1.0)
 ACCURACY_DROPS = (0.005, 0.01)
-DROP_MARGIN = 1.0  # standard errors of slack an accuracy budget keeps on calibration
-COST_MARGIN = 1.0  # standard errors of slack a cost budget keeps on calibration
+# Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
+# figure scatters around the calibration one by about sqrt(2) of them (two samples of the same
+# size), so 1.5 is about one standard error of that difference: a setting right at the budget
+# still holds on test about 85 % of the time. Measured (benchmarks/budget_hold.py): 65 of 66
+# Fashion-MNIST budgets held behind SDN heads, against 58 of 66 at 1.0.
+BUDGET_MARGIN = 1.5
 DECISION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.10 … 0.90
 
 
@@ -149,7 +154,7 @@ class Evaluator:
 
 
 def best_within_cost(
-    candidates: Iterable[Candidate], max_cost: float, *, margin: float = COST_MARGIN
+    candidates: Iterable[Candidate], max_cost: float, *, margin: float = BUDGET_MARGIN
 ) -> Candidate | None:
     """Most accurate candidate on calibration whose calibration cost is at most ``max_cost``.
 
@@ -161,7 +166,7 @@ def best_within_cost(
 
 
 def cheapest_within_drop(
-    candidates: Iterable[Candidate], reference: float, max_drop: float, *, margin: float = DROP_MARGIN
+    candidates: Iterable[Candidate], reference: float, max_drop: float, *, margin: float = BUDGET_MARGIN
 ) -> Candidate | None:
     """Cheapest candidate on calibration losing at most ``max_drop`` accuracy vs ``reference``.
 
@@ -175,22 +180,24 @@ def cheapest_within_drop(
 
 
 def operating_points(
-    families: dict[str, list[Candidate]], calib_reference: float, test_reference: float
+    families: dict[str, list[Candidate]], calib_reference: float, test_reference: float, *,
+    margin: float = BUDGET_MARGIN,
 ) -> list[dict]:
     """Accuracy at fixed FLOPs budgets and cost at fixed accuracy drops, for each method.
 
     Args:
         families: method name → its candidates (LEENet with its decision thresholds).
         calib_reference, test_reference: the full backbone's accuracy on each split.
+        margin: standard errors of slack each budget keeps on calibration.
     """
     points = []
     for method, candidates in families.items():
         for budget in COST_BUDGETS:
-            chosen = best_within_cost(candidates, budget)
+            chosen = best_within_cost(candidates, budget, margin=margin)
             points.append(_point(f"accuracy at <= {budget:.0%} FLOPs", "max_cost", budget, method,
                                  chosen, chosen is not None and chosen.test.cost <= budget + 1e-9))
         for drop in ACCURACY_DROPS:
-            chosen = cheapest_within_drop(candidates, calib_reference, drop)
+            chosen = cheapest_within_drop(candidates, calib_reference, drop, margin=margin)
             held = chosen is not None and chosen.test.accuracy >= test_reference - drop - 1e-9
             points.append(_point(f"cost at <= {drop * 100:g} pt drop", "max_drop", drop, method, chosen, held))
     return points
@@ -204,35 +211,47 @@ def _point(name: str, kind: str, target: float, method: str, chosen: Candidate |
     return point
 
 
+def check_margin(margin: float) -> float:
+    """A budget margin (standard errors of slack) must be a finite number >= 0."""
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise LeenetError(f"--budget-margin must be a number of standard errors >= 0 (default {BUDGET_MARGIN:g}), "
+                          f"got {margin}")
+    return margin
+
+
 def find_budget(
     candidates: list[Candidate], *, target_cost: float | None = None, max_drop: float | None = None,
-    calib_reference: float, test_reference: float,
+    calib_reference: float, test_reference: float, margin: float = BUDGET_MARGIN,
 ) -> dict:
     """Choose the LEENet setting (alpha, decision threshold) that meets a budget on calibration.
 
     Exactly one of ``target_cost`` (mean cost ≤ this fraction of backbone FLOPs) or
-    ``max_drop`` (accuracy ≥ backbone accuracy − this, as a fraction) must be given.
-    Returns a dict saying what was chosen, its calibration and test figures, whether the
-    budget held on test, and a plain message; an unreachable budget says so.
+    ``max_drop`` (accuracy ≥ backbone accuracy − this, as a fraction) must be given; the
+    budget must fit with ``margin`` standard errors to spare. Returns a dict saying what was
+    chosen, its calibration and test figures, whether the budget held on test, and a plain
+    message; an unreachable budget says so.
     """
     if (target_cost is None) == (max_drop is None):
         raise LeenetError("give exactly one budget: --target-cost C or --max-drop D")
+    check_margin(margin)
     if target_cost is not None:
         if not target_cost > 0:
             raise LeenetError(f"--target-cost must be a positive fraction of the backbone's FLOPs, got {target_cost}")
-        chosen, kind, target = best_within_cost(candidates, target_cost), "target_cost", target_cost
+        chosen, kind, target = best_within_cost(candidates, target_cost, margin=margin), "target_cost", target_cost
     else:
         if not 0 <= max_drop < 1:
             raise LeenetError(f"--max-drop must be an accuracy fraction in [0, 1), e.g. 0.005, got {max_drop}")
-        chosen, kind, target = cheapest_within_drop(candidates, calib_reference, max_drop), "max_drop", max_drop
-    budget = {"kind": kind, "target": target, "reachable": chosen is not None}
+        chosen = cheapest_within_drop(candidates, calib_reference, max_drop, margin=margin)
+        kind, target = "max_drop", max_drop
+    budget = {"kind": kind, "target": target, "margin": margin, "reachable": chosen is not None}
     if chosen is None:
         cheapest = min(c.calib.cost for c in candidates)
         best = max(c.calib.accuracy for c in candidates)
         budget["message"] = (
             f"unreachable on the calibration split: the cheapest LEENet setting costs {cheapest:.3f} "
-            f"and the most accurate reaches {best:.2%} (backbone {calib_reference:.2%}); "
-            "relax the budget, add earlier exits or use stronger heads"
+            f"and the most accurate reaches {best:.2%} (backbone {calib_reference:.2%}), before "
+            f"{margin:g} standard errors of slack; relax the budget or --budget-margin, add earlier exits "
+            "or use stronger heads"
         )
         return budget
     if kind == "target_cost":

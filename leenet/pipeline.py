@@ -301,19 +301,22 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
         "policies": [c.as_dict() for c in [*curve, *max_softmax, *entropy, *singles, oracle]],
         # alpha -> the weight of cost in (1 - a)*loss + a*cost it stood for (GateTrainConfig.alpha_units)
         "raw_alphas": {repr(alpha): fit.raw_alpha for alpha, fit in bank.items()},
+        "budget_margin": config.budget_margin,  # standard errors of slack every budget keeps on calibration
         "operating_points": operating_points(
-            {"leenet": family, "max_softmax": max_softmax, "entropy": entropy}, *refs.values()),
+            {"leenet": family, "max_softmax": max_softmax, "entropy": entropy}, *refs.values(),
+            margin=config.budget_margin),
     }
     chosen = None
     if config.target_cost is not None or config.max_drop is not None:
-        budget = find_budget(family, target_cost=config.target_cost, max_drop=config.max_drop, **refs)
+        budget = find_budget(family, target_cost=config.target_cost, max_drop=config.max_drop,
+                             margin=config.budget_margin, **refs)
         results["budget"] = budget
         if budget["reachable"]:
             chosen = {"alpha": budget["alpha"], "threshold": budget["threshold"], "reason": "budget: " + budget["message"]}
     if chosen is None and config.alpha is not None:
         chosen = {"alpha": config.alpha, "threshold": net.threshold, "reason": f"alpha={config.alpha:g} from --alpha"}
     if chosen is None:
-        default = find_budget(curve, max_drop=DEFAULT_MAX_DROP, **refs)
+        default = find_budget(curve, max_drop=DEFAULT_MAX_DROP, margin=config.budget_margin, **refs)
         alpha = default["alpha"] if default["reachable"] else min(bank)
         chosen = {"alpha": alpha, "threshold": net.threshold,
                   "reason": f"cheapest alpha within {DEFAULT_MAX_DROP * 100:g} pt of the backbone on calibration"}

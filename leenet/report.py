@@ -376,7 +376,9 @@ def _operating_points(results: dict) -> str:
     rows = [[p.get("name", ""), p.get("method", ""), _param(p.get("param")), _pct(p.get("accuracy"), digits=2),
              _pct(p.get("cost")), {True: "yes", False: "no"}.get(p.get("met_on_test"), "unreachable")]
             for p in points]
-    return "<h2>Operating points</h2><p class='note'>chosen on calibration, reported on test</p>" + _table(
+    slack = results.get("budget_margin")
+    slack = "" if slack is None else f" (each keeping {slack:g} standard errors of slack)"
+    return f"<h2>Operating points</h2><p class='note'>chosen on calibration{slack}, reported on test</p>" + _table(
         ["operating point", "method", "param", "accuracy", "cost", "held on test"], rows)
 
 

@@ -88,7 +88,7 @@ def test_budget_mode_reports_what_it_chose(tmp_path: Path) -> None:
     out = tmp_path / "budget"
     assert main(["run", "--out", str(out), "--target-cost", "0.5", *FAST]) == 0
     budget = json.loads((out / "results.json").read_text())["budget"]
-    assert budget["kind"] == "target_cost" and budget["reachable"]
+    assert budget["kind"] == "target_cost" and budget["reachable"] and budget["margin"] == 1.5
     assert budget["calib"]["cost"] <= 0.5 and isinstance(budget["met_on_test"], bool)
 
 
@@ -111,6 +111,8 @@ BAD_INPUTS = [
     (["--arch", "vgg11", "--image-size", "8"], "--image-size"),
     (["--target-cost", "0.5", "--max-drop", "0.01"], "not both"),
     (["--max-drop", "5"], "fraction"),
+    (["--budget-margin", "-1"], "--budget-margin"),
+    (["--budget-margin", "nan"], "--budget-margin"),
     (["--lr", "-0.1"], "--lr"),
     (["--fit-gates-on", "train", "--objective", "hard"], "--objective predict"),
 ]
@@ -154,7 +156,8 @@ def test_help_teaches(capsys) -> None:
         build_parser().parse_args(["run", "--help"])
     text = capsys.readouterr().out
     for flag in ("--dataset", "--data-dir", "--download", "--arch", "--weights", "--exits", "--head",
-                 "--alphas", "--epochs", "--seed", "--device", "--out", "--target-cost", "--max-drop"):
+                 "--alphas", "--epochs", "--seed", "--device", "--out", "--target-cost", "--max-drop",
+                 "--budget-margin"):
         assert flag in text
     assert "examples:" in text
 

@@ -228,6 +228,27 @@ def test_cost_budgets_keep_a_margin_of_standard_errors() -> None:
     assert best_within_cost([edge, inside], 0.5) is inside
 
 
+def test_find_budget_and_operating_points_pass_the_margin_on() -> None:
+    """The margin of find_budget / operating_points reaches the selection; bad margins are refused."""
+    edge = Candidate("leenet", 0.5, PolicyResult(0.95, 0.499, (0.5, 0.5), cost_stderr=0.004),
+                     PolicyResult(0.95, 0.503, (0.5, 0.5)), threshold=0.5)
+    inside = Candidate("leenet", 0.6, PolicyResult(0.94, 0.49, (0.6, 0.4), cost_stderr=0.004),
+                       PolicyResult(0.94, 0.49, (0.6, 0.4)), threshold=0.5)
+    refs = {"calib_reference": 0.95, "test_reference": 0.95}
+    tight = find_budget([edge, inside], target_cost=0.5, margin=0.0, **refs)
+    assert (tight["alpha"], tight["margin"], tight["met_on_test"]) == (0.5, 0.0, False)
+    assert find_budget([edge, inside], target_cost=0.5, **refs)["alpha"] == 0.6
+    unreachable = find_budget([edge, inside], target_cost=0.5, margin=3.0, **refs)  # 0.49 + 0.012 > 0.5
+    assert not unreachable["reachable"] and "3 standard errors" in unreachable["message"]
+    points = {p["name"]: p for p in operating_points({"leenet": [edge, inside]}, *refs.values(), margin=0.0)}
+    assert points["accuracy at <= 50% FLOPs"]["param"] == 0.5
+    points = {p["name"]: p for p in operating_points({"leenet": [edge, inside]}, *refs.values())}
+    assert points["accuracy at <= 50% FLOPs"]["param"] == 0.6
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(LeenetError, match="--budget-margin"):
+            find_budget([edge, inside], target_cost=0.5, margin=bad, **refs)
+
+
 def test_summarize_cost_stderr_is_the_standard_error_of_the_mean_cost() -> None:
     correct = torch.ones(4, 2, dtype=torch.bool)
     result = summarize(torch.tensor([0, 0, 1, 1]), correct, torch.tensor([0.5, 1.0]))

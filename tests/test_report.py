@@ -61,6 +61,7 @@ def make_results(*, optional: bool = True, with_std: bool = False, n_alphas: int
             operating_points=[{"name": "accuracy at <= 50% FLOPs", "method": "leenet", "param": 0.4,
                                "accuracy": 0.9655, "cost": 0.47, "met_on_test": True},
                               {"name": "accuracy at <= 25% FLOPs", "method": "leenet", "reachable": False}],
+            budget_margin=1.5,
             wall_clock={"device": "cpu", "throughput_batch": 256, "backbone_throughput": 12345.0,
                         "leenet_throughput": 20000.0, "backbone_latency_ms": 1.2, "leenet_latency_ms": 0.9,
                         "flops_speedup": 1.8, "measured_speedup": 1.62},
@@ -113,7 +114,8 @@ def test_write_report_full(tmp_path):
     assert page.count("data:image/png;base64,") == 3
     for text in ("digits_cnn", "97.50%", "1.23 MFLOPs", "Operating points", "accuracy at &lt;= 50% FLOPs",
                  "unreachable", "Exits", "block3", "Policies", "<details>", "Wall clock", "1.62×",
-                 "Timings", "<th>seconds</th>", "12.30", "20.00", "Config", "&quot;seed&quot;", "met on test", "± "):
+                 "Timings", "<th>seconds</th>", "12.30", "20.00", "Config", "&quot;seed&quot;", "met on test", "± ",
+                 "1.5 standard errors of slack"):
         assert text in page, text
     assert "<script" not in page and "http" not in page
 
