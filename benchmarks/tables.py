@@ -136,7 +136,8 @@ def main() -> None:
         machine = r.get("machine", {})
         print(f"## {path}\n\nbackbone {r['backbone']['name']}: {pct(r['backbone']['accuracy'])} %; heads "
               f"{r.get('heads', {}).get('kind', 'pool')}; seeds {r['seeds']}; reported gate method "
-              f"{r['gate_method']}; {machine.get('command')} on {machine.get('date')}; timings "
+              f"{r['gate_method']}; budgets keep {r.get('budget_margin', 1.0):g} standard errors of slack; "
+              f"{machine.get('command')} on {machine.get('date')}; timings "
               + ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items()) + "\n")
         for table in (exits_table, operating_points_table, targets_table, budgets_table, levers_table):
             print(table(r) + "\n")

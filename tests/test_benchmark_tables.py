@@ -19,6 +19,7 @@ def test_tables_print_every_target_with_paired_errors(path):
     assert "most significant loss, whole family" in out
     assert "n/a" not in out.split("| measure")[1].split("| budget |")[0]  # every target measured
     assert "LEENet curve (threshold 0.5): α=0 " in out
+    assert "budgets keep 1.5 standard errors of slack" in out  # the margin the committed run used
 
 
 def test_results_files_are_committed():
