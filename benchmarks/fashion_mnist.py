@@ -37,8 +37,8 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateFit, GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_,  # noqa: E402
-                          gates_for_budget, train_heads)
+from leenet.train import (GateFit, GateTrainConfig, budget_sweep, collect_outputs, fit_gate_sweep,  # noqa: E402
+                          freeze_, train_heads)
 
 GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
@@ -257,12 +257,9 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
 def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainConfig, fit: GateFit) -> list[Candidate]:
     """LEENet's budget mode solved at every ``BUDGET_STEP`` of cost (param = the budget), with the
     correctness predictors and calibration scores of a "predict" sweep's ``fit``."""
-    out = []
-    for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, BUDGET_STEP):
-        gates = gates_for_budget(net, fit.predictors, calib, fit.scores, float(budget), config)
-        if gates is not None:
-            out += ev.leenet(float(budget), gates, net.gate_config)
-    return out
+    budgets = np.arange(float(net.cost[0]), 1.0 + 1e-9, BUDGET_STEP)
+    return [c for budget, solved in budget_sweep(net, fit, calib, budgets, config).items()
+            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]
 
 
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,

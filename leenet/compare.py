@@ -143,3 +143,34 @@ def max_neighbour_jump(costs: Sequence[float]) -> float:
     """Largest absolute change of mean cost between neighbouring entries of an alpha sweep."""
     arr = np.asarray(costs, dtype=float)
     return float(np.abs(np.diff(arr)).max()) if len(arr) > 1 else 0.0
+
+
+GAP_TOL = 0.002  # a point counts up to 0.2 % of the backbone's FLOPs early (see envelope_gap's tol)
+BASELINES = ("max_softmax", "entropy")
+
+
+def versus_thresholds(policies: Sequence[dict], lo: float, hi: float = 1.0) -> dict:
+    """LEENet's curves of a run against the better of its threshold baselines, on the test split.
+
+    Args:
+        policies: a run's ``results.json`` policy entries (``method``, ``param``, ``cost``,
+            ``accuracy``): the ``leenet`` α-curve, the ``leenet_budget`` curve when present, and
+            the ``max_softmax`` / ``entropy`` baselines, whose upper envelopes are merged.
+        lo, hi: the cost range compared, from the first exit's cost to the backbone's.
+
+    Returns:
+        Per LEENet curve present: ``area`` (accuracy × cost above the baseline envelope,
+        signed), ``worst_gap`` and ``worst_cost`` (:func:`envelope_gap`), and ``max_jump``, the
+        largest change of cost between neighbouring settings (alphas or budgets); empty when
+        there is nothing to compare.
+    """
+    base = [(p["cost"], p["accuracy"]) for p in policies if p.get("method") in BASELINES]
+    out = {}
+    for method in ("leenet", "leenet_budget"):
+        points = sorted((p for p in policies if p.get("method") == method), key=lambda p: p["param"])
+        if not (points and base and hi > lo):
+            continue
+        gap = envelope_gap([(p["cost"], p["accuracy"]) for p in points], base, lo, hi, GAP_TOL)
+        out[method] = {"area": gap["area"], "worst_gap": gap["worst_gap"], "worst_cost": gap["worst_cost"],
+                       "max_jump": max_neighbour_jump([p["cost"] for p in points])}
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from leenet import __version__
 from leenet.build import attach_exits
 from leenet.checkpoint import save_checkpoint
 from leenet.config import RunConfig
+from leenet.compare import versus_thresholds
 from leenet.cost import FLOPS_CONVENTION, CostModel
 from leenet.errors import DataError, LeenetError
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
@@ -24,8 +26,8 @@ from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.policies import CachedOutputs
 from leenet.split import split_backbone
-from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_, resolve_precision,
-                          train_classifier, train_heads)
+from leenet.train import (GateTrainConfig, budget_sweep, collect_outputs, fit_gate_sweep, freeze_,
+                          resolve_precision, train_classifier, train_heads)
 
 # Per dataset: the backbone used when --arch is not given, how long things train, and the
 # exit heads and gates, chosen by measurement (benchmarks/objective_forms.py on digits,
@@ -63,6 +65,7 @@ def dataset_defaults(dataset: str) -> dict:
 
 
 DEFAULT_MAX_DROP = 0.005  # how the saved model's alpha is chosen when none is asked for
+BUDGET_CURVE_STEP = 0.01  # "predict" runs also report a budget solved every this much of cost
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -164,7 +167,9 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
                               fit_on=fit_on)
 
     with timer.phase("evaluate"):
-        results, chosen = _evaluate(net, calib, test, bank, config)
+        results, chosen = _evaluate(net, calib, test, bank, config, gate_cfg)
+        # the gate settings this run resolved (config.json keeps None where a dataset default applied)
+        results["gates"] = {"training": dataclasses.asdict(gate_cfg), "inputs": dataclasses.asdict(net.gate_config)}
         results["leenet_calibration_figures"] = (
             "held out (gates fit on the training split)" if fit_on is not None
             else f"out-of-fold ({gate_cfg.crossfit} folds)" if gate_cfg.crossfit > 1 else "in-sample")
@@ -286,7 +291,8 @@ def _cache(net: ExitNet, loader, device, progress: bool, name: str) -> CachedOut
                            desc=f"caching {name} exits")
 
 
-def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dict, config: RunConfig):
+def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dict, config: RunConfig,
+              gate_cfg: GateTrainConfig):
     """All policies on both splits; the saved model's alpha and threshold chosen on calibration."""
     ev = Evaluator.of(net, calib, test)
     family, curve = [], []
@@ -298,7 +304,8 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
     singles, oracle = ev.single_exits(), ev.oracle()
     refs = {"calib_reference": singles[-1].calib.accuracy, "test_reference": singles[-1].test.accuracy}
     results = {
-        "policies": [c.as_dict() for c in [*curve, *max_softmax, *entropy, *singles, oracle]],
+        "policies": [c.as_dict() for c in [*curve, *_budget_curve(net, ev, calib, bank, gate_cfg, config.progress),
+                                           *max_softmax, *entropy, *singles, oracle]],
         # alpha -> the weight of cost in (1 - a)*loss + a*cost it stood for (GateTrainConfig.alpha_units)
         "raw_alphas": {repr(alpha): fit.raw_alpha for alpha, fit in bank.items()},
         "budget_margin": config.budget_margin,  # standard errors of slack every budget keeps on calibration
@@ -306,6 +313,8 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
             {"leenet": family, "max_softmax": max_softmax, "entropy": entropy}, *refs.values(),
             margin=config.budget_margin),
     }
+    # test-split envelopes, from the first exit's cost: the α-curve and budget curve vs thresholds
+    results["versus_thresholds"] = versus_thresholds(results["policies"], float(net.cost[0]))
     chosen = None
     if config.target_cost is not None or config.max_drop is not None:
         budget = find_budget(family, target_cost=config.target_cost, max_drop=config.max_drop,
@@ -323,6 +332,21 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
     pick = next(c for c in family if c.param == chosen["alpha"] and c.threshold == chosen["threshold"])
     results["selected"] = {**pick.as_dict(), "reason": chosen["reason"]}
     return results, chosen
+
+
+def _budget_curve(net: ExitNet, ev: Evaluator, calib: CachedOutputs, bank: dict, gate_cfg: GateTrainConfig,
+                  progress: bool) -> list:
+    """Budget mode solved every :data:`BUDGET_CURVE_STEP` of cost from the first exit's to the
+    backbone's (method ``leenet_budget``, param = the budget): the curve between the alpha
+    sweep's corners. Only "predict" gates have the predictors to solve it from; else empty."""
+    fit = next(iter(bank.values()))
+    if fit.predictors is None:
+        return []
+    first = float(net.cost[0])
+    budgets = [round(first + k * BUDGET_CURVE_STEP, 6) for k in range(int((1.0 - first) / BUDGET_CURVE_STEP) + 1)]
+    return [dataclasses.replace(c, method="leenet_budget")
+            for budget, solved in budget_sweep(net, fit, calib, budgets, gate_cfg, progress=progress).items()
+            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]  # at 0.5
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from matplotlib.ticker import PercentFormatter
 
 CURVES = {  # method -> (legend label, colour)
     "leenet": ("LEENet (learned gates)", "#c0392b"),
+    "leenet_budget": ("LEENet, budgets solved directly", "#e67e22"),
     "max_softmax": ("max-softmax threshold", "#2874a6"),
     "entropy": ("entropy threshold", "#239b56"),
 }
@@ -98,14 +99,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _curve(ax: Axes, points: list[dict], label: str, color: str, markers: bool) -> None:
+def _curve(ax: Axes, points: list[dict], label: str, color: str, markers: bool, dashed: bool = False) -> None:
     """One accuracy-vs-cost line, with a ±std band and (with markers) error bars when present."""
     x = np.array([p["cost"] for p in points])
     y = np.array([100 * p["accuracy"] for p in points])
     sy = np.array([100 * p.get("accuracy_std", 0.0) for p in points])
     sx = np.array([p.get("cost_std", 0.0) for p in points])
     ax.plot(x, y, color=color, lw=2.2 if markers else 1.6, marker="o" if markers else None, ms=5, label=label,
-            zorder=4 if markers else 3)
+            ls="--" if dashed else "-", zorder=4 if markers else 3)
     if sy.any():
         ax.fill_between(x, y - sy, y + sy, color=color, alpha=0.15, lw=0, zorder=2)
     if markers and (sy.any() or sx.any()):
@@ -147,9 +148,9 @@ def _draw_tradeoff(ax: Axes, results: dict) -> None:
     for p in [p for p in results["policies"] if p.get("method") == "leenet" and p not in main]:
         ax.scatter(p["cost"], 100 * p["accuracy"], s=9, color=CURVES["leenet"][1], alpha=0.25, zorder=2,
                    label="LEENet, other gate thresholds")
-    for method in ("max_softmax", "entropy", "leenet"):
+    for method in ("max_softmax", "entropy", "leenet_budget", "leenet"):
         if points := _policies(results, method):
-            _curve(ax, points, *CURVES[method], markers=method == "leenet")
+            _curve(ax, points, *CURVES[method], markers=method == "leenet", dashed=method == "leenet_budget")
     acc = 100 * results["backbone"]["accuracy"]
     for e in results["exits"]:
         ax.scatter(e["cost"], 100 * e["accuracy"], marker="s", s=40, color="#626567", zorder=5, label="single exit")
@@ -382,6 +383,20 @@ def _operating_points(results: dict) -> str:
         ["operating point", "method", "param", "accuracy", "cost", "held on test"], rows)
 
 
+def _versus_thresholds(results: dict) -> str:
+    if not (comparison := results.get("versus_thresholds")):
+        return ""
+    names = {"leenet": "α sweep (decision threshold 0.5)", "leenet_budget": "budgets solved directly"}
+    rows = [[names.get(method, method), f"{100 * c['area']:+.2f}",
+             f"{100 * c['worst_gap']:+.2f} pt at {_pct(c['worst_cost'], digits=0)}", f"{c['max_jump']:.3f}"]
+            for method, c in comparison.items()]
+    return ("<h2>LEENet against thresholds</h2><p class='note'>upper envelopes on the test split against the "
+            "better of max-softmax and entropy, from the first exit's cost to the backbone's; positive = "
+            "LEENet more accurate</p>" + _table(
+                ["LEENet curve", "area between envelopes (pt × cost)", "worst point",
+                 "largest cost jump between neighbours"], rows))
+
+
 def _policies_section(results: dict) -> str:
     names = [e["name"] for e in results["exits"]]
     gated = any("threshold" in p for p in results["policies"])  # LEENet's gate decision threshold
@@ -420,7 +435,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     sections = [
         _header(results), _key_numbers(results), "<h2>Accuracy vs compute</h2>",
         _img(plot_tradeoff(results, out_dir / "tradeoff.png"), "accuracy vs compute"), _operating_points(results),
-        "<h2>Exits</h2>", _table(["exit", "FLOPs", "cost", "accuracy"], exits),
+        _versus_thresholds(results), "<h2>Exits</h2>", _table(["exit", "FLOPs", "cost", "accuracy"], exits),
         _img(plot_per_exit_accuracy(results, out_dir / "per_exit_accuracy.png"), "per-exit accuracy"),
     ]
     if _policies(results, "leenet"):

@@ -619,6 +619,32 @@ def gates_for_budget(
     return None if thresholds is None else _shifted(predictors, thresholds)
 
 
+def budget_sweep(
+    net: ExitNet, fit: GateFit, cache: CachedOutputs, budgets: Iterable[float],
+    config: GateTrainConfig = GateTrainConfig(objective="predict"), *, progress: bool = False,
+) -> dict[float, GateFit]:
+    """:func:`gates_for_budget` at every budget, from one "predict" fit of :func:`fit_gate_sweep`.
+
+    An alpha sweep reaches only the corners of the calibration trade-off; solving a budget at
+    every step of cost traces the curve between them (the sweep that moves smoothly where a
+    fixed alpha jumps). ``fit``: any alpha's :class:`GateFit` (its predictors and held-out
+    scores are shared by the sweep). Returns budget → :class:`GateFit` whose ``calib_probs``
+    are the held-out routing (None where the sweep's are), leaving out unreachable budgets.
+    """
+    if fit.predictors is None or fit.scores is None:
+        raise LeenetError("a budget sweep needs 'predict' gates (--objective predict)")
+    losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
+    costs, budgets = CostModel.of(net), [float(b) for b in budgets]
+    out = {}
+    for budget in _progress(budgets, len(budgets), "budgets", progress):
+        thresholds = _budget_thresholds(fit.scores, losses, costs, budget)
+        if thresholds is not None:
+            held_out = None if fit.calib_probs is None else torch.sigmoid(fit.scores - thresholds)
+            out[budget] = GateFit(_shifted(fit.predictors, thresholds), held_out, predictors=fit.predictors,
+                                  scores=fit.scores)
+    return out
+
+
 @torch.no_grad()
 def _budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cost: float,
                        grid: int = 64, rounds: int = 3, tie: float = BUDGET_TIE) -> Tensor | None:

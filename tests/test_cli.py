@@ -87,9 +87,13 @@ def test_weights_from_an_earlier_run_skip_backbone_training(digits_run: Path, tm
 def test_budget_mode_reports_what_it_chose(tmp_path: Path) -> None:
     out = tmp_path / "budget"
     assert main(["run", "--out", str(out), "--target-cost", "0.5", *FAST]) == 0
-    budget = json.loads((out / "results.json").read_text())["budget"]
+    results = json.loads((out / "results.json").read_text())
+    budget = results["budget"]
     assert budget["kind"] == "target_cost" and budget["reachable"] and budget["margin"] == 1.5
     assert budget["calib"]["cost"] <= 0.5 and isinstance(budget["met_on_test"], bool)
+    # the dataset's default gates, resolved (config.json says None for them); no budget curve for "hard"
+    assert results["gates"]["training"]["objective"] == "hard" and results["gates"]["inputs"]["history"]
+    assert set(results["versus_thresholds"]) == {"leenet"}
 
 
 def test_unreachable_budget_is_said_plainly(tmp_path: Path, capsys) -> None:
@@ -181,6 +185,9 @@ def test_gate_options_override_the_dataset_defaults(tmp_path: Path) -> None:
     alpha0 = next(p for p in results["policies"] if p["method"] == "leenet" and p["param"] == 0.0)
     assert alpha0["exit_fractions"][-1] == 1.0, "alpha = 0 runs everything to the backbone's exit"
     assert alpha0["cost"] == pytest.approx(1.0), "... and no head on the way: it costs exactly the backbone"
+    budgets = [p["param"] for p in results["policies"] if p["method"] == "leenet_budget"]  # "predict" only
+    assert budgets and budgets == sorted(budgets) and budgets[-1] <= 1.0 and len(budgets) > 50
+    assert set(results["versus_thresholds"]) == {"leenet", "leenet_budget"}
     net = load_checkpoint(out / "model.pt")
     assert net.gate_config.pooled and not net.gate_config.history
 

@@ -469,3 +469,49 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
     for bad in (float("nan"), 0.0, -1.0):
         with pytest.raises(LeenetError, match="budget"):
             gates_for_budget(net, predictors, cache, scores, bad, config)
+
+
+def test_budget_sweep_solves_each_budget_from_the_alpha_sweep(tiny_stages, tiny_input):
+    """budget_sweep: gates_for_budget at every budget, from a sweep's shared predictors and held-out scores."""
+    import torch
+
+    from leenet.errors import LeenetError
+    from leenet.policies import first_exit, gate_probabilities
+    from leenet.train import GateTrainConfig, budget_sweep, fit_gate_sweep, gates_for_budget
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss="error", steps=40)  # 2 folds: held-out scores
+    fit = fit_gate_sweep(net, cache, [0.0, 0.5], config, seed=0)[0.0]
+    inputs = cache.gate_inputs(net.gate_config)
+    sweep = budget_sweep(net, fit, cache, [0.1, 0.3, 0.6, 0.9], config)
+    assert list(sweep) == [0.3, 0.6, 0.9]  # 0.1 is below the first exit's cost: left out
+    for budget, solved in sweep.items():
+        direct = gates_for_budget(net, fit.predictors, cache, fit.scores, budget, config)
+        assert torch.equal(gate_probabilities(solved.gates, inputs), gate_probabilities(direct, inputs))
+        # the held-out routing (what the thresholds were chosen on) meets the budget
+        exits = first_exit(solved.calib_probs >= 0.5)
+        assert float(net.routed_cost(solved.gates)[exits].mean()) <= budget + 1e-6
+    soft = fit_gate_sweep(net, cache, [0.5], GateTrainConfig(steps=5), seed=0)[0.5]
+    with pytest.raises(LeenetError, match="predict"):
+        budget_sweep(net, soft, cache, [0.5])
+
+
+def test_versus_thresholds_compares_each_leenet_curve_with_the_merged_baselines():
+    from leenet.compare import GAP_TOL, envelope_gap, versus_thresholds
+
+    def entry(method, param, cost, accuracy):
+        return {"method": method, "param": param, "cost": cost, "accuracy": accuracy}
+
+    policies = [entry("leenet", 0.0, 1.0, 0.95), entry("leenet", 0.5, 0.5, 0.93), entry("leenet", 1.0, 0.2, 0.80),
+                entry("max_softmax", 0.9, 0.6, 0.94), entry("entropy", 0.3, 0.3, 0.88),
+                entry("single_exit", 0, 0.2, 0.80)]
+    out = versus_thresholds(policies, lo=0.2)
+    assert set(out) == {"leenet"}  # no budget curve in these results
+    reference = envelope_gap([(1.0, 0.95), (0.5, 0.93), (0.2, 0.80)], [(0.6, 0.94), (0.3, 0.88)], 0.2, 1.0, GAP_TOL)
+    assert out["leenet"]["area"] == pytest.approx(reference["area"])
+    assert out["leenet"]["worst_gap"] == pytest.approx(-0.08)  # 0.80 against entropy's 0.88 from cost 0.3
+    assert out["leenet"]["max_jump"] == pytest.approx(0.5)  # alpha 0 -> 0.5: cost 1.0 -> 0.5
+    policies += [entry("leenet_budget", b, b, 0.80 + 0.15 * (b - 0.2) / 0.8) for b in (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)]
+    assert versus_thresholds(policies, lo=0.2)["leenet_budget"]["max_jump"] == pytest.approx(0.2)
+    assert versus_thresholds([p for p in policies if p["method"] != "max_softmax" and p["method"] != "entropy"],
+                             lo=0.2) == {}

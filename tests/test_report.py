@@ -49,6 +49,8 @@ def make_results(*, optional: bool = True, with_std: bool = False, n_alphas: int
         "timings": {"backbone": 12.3, "heads": 4.5, "gates": 1.2, "evaluate": 2.0},
     }
     if optional:
+        policies += [_curve_point("leenet_budget", round(0.22 + 0.02 * i, 2), 0.22 + 0.02 * i - 0.005, False)
+                     for i in range(40)]  # budgets solved directly ("predict" runs)
         selected = next(p for p in policies if p["method"] == "leenet" and p["param"] == alphas[3])
         results.update(
             dataset_info={"num_classes": 10, "image_shape": [1, 8, 8], "num_train": 1150, "num_calib": 287,
@@ -62,6 +64,9 @@ def make_results(*, optional: bool = True, with_std: bool = False, n_alphas: int
                                "accuracy": 0.9655, "cost": 0.47, "met_on_test": True},
                               {"name": "accuracy at <= 25% FLOPs", "method": "leenet", "reachable": False}],
             budget_margin=1.5,
+            versus_thresholds={"leenet": {"area": -0.0014, "worst_gap": -0.0306, "worst_cost": 0.29, "max_jump": 0.379},
+                               "leenet_budget": {"area": 0.0006, "worst_gap": -0.0032, "worst_cost": 0.312,
+                                                 "max_jump": 0.013}},
             wall_clock={"device": "cpu", "throughput_batch": 256, "backbone_throughput": 12345.0,
                         "leenet_throughput": 20000.0, "backbone_latency_ms": 1.2, "leenet_latency_ms": 0.9,
                         "flops_speedup": 1.8, "measured_speedup": 1.62},
@@ -115,7 +120,8 @@ def test_write_report_full(tmp_path):
     for text in ("digits_cnn", "97.50%", "1.23 MFLOPs", "Operating points", "accuracy at &lt;= 50% FLOPs",
                  "unreachable", "Exits", "block3", "Policies", "<details>", "Wall clock", "1.62×",
                  "Timings", "<th>seconds</th>", "12.30", "20.00", "Config", "&quot;seed&quot;", "met on test", "± ",
-                 "1.5 standard errors of slack"):
+                 "1.5 standard errors of slack", "LEENet against thresholds", "budgets solved directly",
+                 "-3.06 pt at 29%", "+0.06", "0.379"):
         assert text in page, text
     assert "<script" not in page and "http" not in page
 
@@ -210,3 +216,16 @@ def test_inputs_are_not_mutated(tmp_path):
     report.write_report(results, tmp_path)
     report.summary_table(results)
     assert results == before
+
+
+def test_tradeoff_draws_the_solved_budget_curve_under_the_alpha_curve():
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    results = make_results()
+    report._draw_tradeoff(ax, results)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "LEENet, budgets solved directly" in labels and "LEENet (learned gates)" in labels
+    line = next(h for h, label in zip(*ax.get_legend_handles_labels()) if label == "LEENet, budgets solved directly")
+    assert len(line.get_xdata()) == 40 and list(line.get_xdata()) == sorted(line.get_xdata())
+    assert "leenet_budget" not in report.summary_table(results)  # the terminal table keeps to the alpha sweep
