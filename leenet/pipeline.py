@@ -346,7 +346,8 @@ def _budget_curve(net: ExitNet, ev: Evaluator, calib: CachedOutputs, bank: dict,
     budgets = [round(first + k * BUDGET_CURVE_STEP, 6) for k in range(int((1.0 - first) / BUDGET_CURVE_STEP) + 1)]
     return [dataclasses.replace(c, method="leenet_budget")
             for budget, solved in budget_sweep(net, fit, calib, budgets, gate_cfg, progress=progress).items()
-            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]  # at 0.5
+            # decision threshold 0.5 (the default): where the shifted predictors' logits cross 0
+            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]
 
 
 @torch.no_grad()

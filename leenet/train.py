@@ -611,11 +611,8 @@ def gates_for_budget(
     thresholds minimizing the calibration loss with mean cost at most ``max_cost`` (held-out
     ``scores`` from :func:`predictor_scores`). None when even the cheapest routing costs more.
     """
-    max_cost = float(max_cost)
-    if not max_cost > 0.0 or max_cost == float("inf"):  # also NaN
-        raise LeenetError(f"a budget is a mean cost > 0 (a share of the backbone's FLOPs, e.g. 0.5), got {max_cost}")
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-    thresholds = _budget_thresholds(scores, losses, CostModel.of(net), max_cost)
+    thresholds = _budget_thresholds(scores, losses, CostModel.of(net), _check_budget(max_cost))
     return None if thresholds is None else _shifted(predictors, thresholds)
 
 
@@ -634,7 +631,7 @@ def budget_sweep(
     if fit.predictors is None or fit.scores is None:
         raise LeenetError("a budget sweep needs 'predict' gates (--objective predict)")
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
-    costs, budgets = CostModel.of(net), [float(b) for b in budgets]
+    costs, budgets = CostModel.of(net), [_check_budget(b) for b in budgets]
     out = {}
     for budget in _progress(budgets, len(budgets), "budgets", progress):
         thresholds = _budget_thresholds(fit.scores, losses, costs, budget)
@@ -643,6 +640,13 @@ def budget_sweep(
             out[budget] = GateFit(_shifted(fit.predictors, thresholds), held_out, predictors=fit.predictors,
                                   scores=fit.scores)
     return out
+
+
+def _check_budget(max_cost: float) -> float:
+    max_cost = float(max_cost)
+    if not max_cost > 0.0 or max_cost == float("inf"):  # also NaN
+        raise LeenetError(f"a budget is a mean cost > 0 (a share of the backbone's FLOPs, e.g. 0.5), got {max_cost}")
+    return max_cost
 
 
 @torch.no_grad()

@@ -491,6 +491,8 @@ def test_budget_sweep_solves_each_budget_from_the_alpha_sweep(tiny_stages, tiny_
         # the held-out routing (what the thresholds were chosen on) meets the budget
         exits = first_exit(solved.calib_probs >= 0.5)
         assert float(net.routed_cost(solved.gates)[exits].mean()) <= budget + 1e-6
+    with pytest.raises(LeenetError, match="budget"):
+        budget_sweep(net, fit, cache, [0.5, float("nan")], config)
     soft = fit_gate_sweep(net, cache, [0.5], GateTrainConfig(steps=5), seed=0)[0.5]
     with pytest.raises(LeenetError, match="predict"):
         budget_sweep(net, soft, cache, [0.5])
