@@ -27,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     splits, stages = fm.cached_backbone_stages(args.backbone)
-    cache = args.backbone.with_name(f"{args.backbone.stem}_sdn_e6_seed{args.seed}_heads.pt")
-    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6, cache)
+    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, args.seed, "sdn", 6,
+                                               fm.head_cache_path(args.backbone, args.seed))
     rows = []
     for count in args.counts:
         alphas = tuple(round(k / (count - 1), 4) for k in range(count))

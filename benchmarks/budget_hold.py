@@ -103,7 +103,7 @@ def main() -> None:
     splits, stages = fm.cached_backbone_stages(args.backbone)
     feats = None
     if "pool" in args.heads:
-        feature_path = args.backbone.with_name(args.backbone.stem + "_features.pt")
+        feature_path = fm.feature_cache_path(args.backbone)
         if feature_path.exists():
             feats = torch.load(feature_path, weights_only=False)
         else:
@@ -111,7 +111,7 @@ def main() -> None:
     rows = []
     for head in args.heads:
         for seed in args.seeds:
-            cache = None if head == "pool" else args.backbone.with_name(f"{args.backbone.stem}_sdn_e6_seed{seed}_heads.pt")
+            cache = None if head == "pool" else fm.head_cache_path(args.backbone, seed)
             net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), feats, splits, seed, head,
                                                        6 if head == "sdn" else 15, cache)
             candidates, ev = family(net, calib, test, train, seed)

@@ -29,7 +29,7 @@ from fmnist_backbone import CALIB_SIZE, DEFAULTS, train_backbone  # noqa: E402
 
 from leenet.archs import SmallResNet  # noqa: E402
 from leenet.build import attach_exits  # noqa: E402
-from leenet.compare import envelope_gap, max_neighbour_jump  # noqa: E402
+from leenet.compare import GAP_TOL, envelope_gap, max_neighbour_jump  # noqa: E402
 from leenet.data import load_dataset, make_loader  # noqa: E402
 from leenet.evaluate import (BUDGET_MARGIN, DECISION_THRESHOLDS, Candidate, Evaluator,  # noqa: E402
                              cheapest_within_drop, find_budget, operating_points)
@@ -40,10 +40,9 @@ from leenet.split import split_backbone  # noqa: E402
 from leenet.train import (GateFit, GateTrainConfig, budget_sweep, collect_outputs, fit_gate_sweep,  # noqa: E402
                           freeze_, train_heads)
 
-GAP_TOL = 0.002  # envelope points count up to 0.2 % of the backbone's FLOPs early (see envelope_gap)
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))
-# these also solve a budget every BUDGET_STEP of cost (gates_for_budget): a dense "budget curve"
+# these also solve a budget every BUDGET_STEP of cost (budget_sweep): a dense "budget curve"
 BUDGET_CURVE_METHODS = ("predict-error", "predict-error train classes")
 # 0.001: where the accuracy/cost curve is steep (near the first exit, ~0.7 pt per 0.01 of cost)
 # a coarser staircase loses tenths of a point to the baseline's between its own steps
@@ -207,6 +206,21 @@ def cached_backbone_stages(path: Path) -> tuple[object, list]:
     splits = load_dataset("fashion-mnist", calib_size=CALIB_SIZE, seed=0)
     backbone, _ = load_or_train_backbone(path, splits, reuse=True)
     return splits, split_backbone(freeze_(backbone), list(EXITS))
+
+
+def _exits_tag(exits) -> str:
+    """Cache file names carry the exits when they are not the default :data:`EXITS`."""
+    return "" if tuple(exits) == EXITS else "_" + "-".join(exits)
+
+
+def feature_cache_path(backbone: Path, exits=EXITS) -> Path:
+    """Where the pooled features of the backbone at ``backbone`` are cached."""
+    return backbone.with_name(f"{backbone.stem}{_exits_tag(exits)}_features.pt")
+
+
+def head_cache_path(backbone: Path, seed: int, head: str = "sdn", epochs: int = 6, exits=EXITS) -> Path:
+    """Where one seed's trained conv heads and their outputs are cached (see :func:`trained_exits`)."""
+    return backbone.with_name(f"{backbone.stem}{_exits_tag(exits)}_{head}_e{epochs}_seed{seed}_heads.pt")
 
 
 def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Module, dict]:
@@ -389,9 +403,8 @@ def main() -> None:
     stages = split_backbone(backbone, args.exits)
     t = time.perf_counter()
     feats = None  # pooled features: only pooled-linear heads train on them
-    exits_tag = "" if tuple(args.exits) == EXITS else "_" + "-".join(args.exits)  # in cache file names
     if args.head == "pool":
-        feature_path = args.backbone.with_name(args.backbone.stem + exits_tag + "_features.pt")
+        feature_path = feature_cache_path(args.backbone, args.exits)
         if args.reuse and log["reused"] and feature_path.exists():
             feats = torch.load(feature_path, weights_only=False)
         else:
@@ -404,8 +417,7 @@ def main() -> None:
         names = args.methods + (args.levers if seed in args.lever_seeds else [])
         head_cache = None
         if args.head != "pool" and args.reuse and log["reused"]:
-            head_cache = args.backbone.with_name(
-                f"{args.backbone.stem}{exits_tag}_{args.head}_e{args.head_epochs}_seed{seed}_heads.pt")
+            head_cache = head_cache_path(args.backbone, seed, args.head, args.head_epochs, args.exits)
         net, calib, test, train = trained_exits(stages, args.exits, feats, splits, seed, args.head,
                                                 args.head_epochs, head_cache)
         runs.append(run_seed(net, calib, test, train, seed, {n: METHODS[n] for n in names}, grids))

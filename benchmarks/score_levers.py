@@ -88,8 +88,8 @@ def budget_envelope(net, calib, test, s_calib, s_test, baseline, tie, step):
 
 
 def run_seed(stages, splits, backbone_path: Path, seed: int, step: float) -> dict:
-    cache = backbone_path.with_name(f"{backbone_path.stem}_sdn_e6_seed{seed}_heads.pt")
-    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, seed, "sdn", 6, cache)
+    net, calib, test, train = fm.trained_exits(stages, list(fm.EXITS), None, splits, seed, "sdn", 6,
+                                               fm.head_cache_path(backbone_path, seed))
     ev = Evaluator.of(net, calib, test)
     baseline = []
     for kind in ("max_softmax", "entropy"):
