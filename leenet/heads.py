@@ -166,7 +166,8 @@ def gate_features(
         parts += [prev_max, agree]
     if config.classes:
         p = logits.float().softmax(-1)
-        parts += [p, F.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype)]
+        # scatter rather than F.one_hot, which checks its indices on the host: two GPU syncs per gate
+        parts += [p, torch.zeros_like(p).scatter_(-1, p.argmax(-1, keepdim=True), 1.0)]
     if config.pooled:
         if pooled is None:
             raise LeenetError("this gate was built to see pooled features but got none")

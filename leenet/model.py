@@ -167,7 +167,8 @@ class ExitNet(nn.Module):
         for i, stage in enumerate(self.stages):
             h = stage(h)
             if i == self.num_exits - 1:
-                out = h.new_empty(batch, h.shape[-1]) if out is None else out
+                if active.numel() == batch:  # nobody left early: the final logits are the output
+                    return (h if out is None else h.to(out.dtype)), exit_index
                 out[active] = h.to(out.dtype)
                 break
             if not run_head[i]:
@@ -179,7 +180,8 @@ class ExitNet(nn.Module):
             if enabled[i]:
                 pooled = global_pool(h) if self.gate_config.pooled else None
                 inputs = gate_features(logits, prev, pooled, self.gate_config)
-                leave = self.gates[i](inputs) >= self.threshold  # (B_active,)
+                # gate(inputs) >= threshold, without the mask for disabled gates (this one is on)
+                leave = torch.sigmoid(self.gates[i].logit(inputs)) >= self.threshold  # (B_active,)
                 # Leavers first (stable), then one int() -- this exit's only device->host sync:
                 # the batch shrinks to a data-dependent size; every gather below uses indices.
                 order = torch.sort(leave.to(torch.uint8), descending=True, stable=True).indices

@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from leenet.build import attach_exits
 from leenet.errors import LeenetError
 from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.policies import first_exit
+from leenet.timing import PlainBackbone
 
 from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
 
@@ -210,6 +212,9 @@ def test_disabled_gates_route_like_compute_all_and_skip_unneeded_heads(
     last_on = max((i for i in range(len(net.gates)) if i not in off), default=-1)
     needed = [i not in off or (config.history and i < last_on) for i in range(len(net.heads))]
     assert calls == [int(n) for n in needed]
+    if len(off) == len(net.gates):  # every gate off: the plain backbone, bit for bit
+        with torch.no_grad():
+            assert torch.equal(net(tiny_input)[0], PlainBackbone(net)(tiny_input))
 
 
 def test_gate_decision_threshold_must_be_a_probability() -> None:
@@ -227,3 +232,32 @@ def test_checkpoints_without_gate_flags_or_head_costs_still_load(tiny_input: Ten
     fresh.gates[0].enabled.fill_(False)
     fresh.load_state_dict(state, strict=True)
     assert fresh.enabled_exits().all() and not fresh.head_cost.any() and not fresh.gate_cost.any()
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Counts the operators that make a GPU wait for the host: reading a value back, or
+    sizing an output from data (``nonzero``, boolean-mask indexing)."""
+
+    SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += str(func.overloadpacket) in self.SYNCING
+        return func(*args, **(kwargs or {}))
+
+
+def test_routed_forward_syncs_once_per_gate(tiny_input: Tensor) -> None:
+    """On a GPU every host sync stalls the launch queue: the routed pass may read back one
+    count per enabled gate that samples reach (plus the enabled flags, read with tolist),
+    whatever the gate inputs (``F.one_hot`` used to add two checks per gate)."""
+    net = mix_exits_(_tiny_net(GateConfig(hidden=8, history=True, pooled=True, classes=True)), tiny_input, 0.5)
+    with torch.no_grad(), _HostSyncs() as syncs:
+        net(tiny_input)
+    assert syncs.count == len(net.gates)
+    net.gates[1].enabled.fill_(False)
+    with torch.no_grad(), _HostSyncs() as syncs:
+        net(tiny_input)
+    assert syncs.count == len(net.gates) - 1
