@@ -11,6 +11,7 @@ it survives the routing overhead (gate features, index bookkeeping, smaller batc
 Usage::
 
     python benchmarks/routing_speed.py --arch small_resnet --image-size 28 --channels 1
+    python benchmarks/routing_speed.py --device cuda --arch resnet50 --image-size 224 --channels 3
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -48,8 +50,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_backbone(args.arch, num_classes=10, in_channels=args.channels).eval()
     shape = (args.channels, args.image_size, args.image_size)
-    net = attach_exits(model, get_backbone_info(args.arch).default_exits, input_shape=shape, num_classes=10)
-    images = torch.randn(256, *shape)
+    device = torch.device(args.device)
+    net = attach_exits(model, get_backbone_info(args.arch).default_exits, input_shape=shape, num_classes=10).to(device)
+    images = torch.randn(256, *shape, device=device)
     rows = []
     settings = [(k, net.exit_names[k]) for k in range(net.num_exits - 1)]
     settings += [(net.num_exits - 1, "final, gates on"), (net.num_exits - 1, "final, gates off")]
@@ -67,14 +70,16 @@ def main() -> None:
         rows.append({"exit": label, "cost": cost, "flops_speedup": flops,
                      "measured_speedup": clock["measured_speedup"], "latency_speedup": clock["latency_speedup"],
                      "efficiency": clock["measured_speedup"] / flops})
-    print(f"{args.arch} at {shape}, torch threads {torch.get_num_threads()}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"{args.arch} at {shape}, {where}")
     print(f"{'everyone exits at':18s}{'cost':>7s}{'FLOPs x':>9s}{'batch256 x':>12s}{'batch1 x':>10s}{'measured/FLOPs':>16s}")
     for r in rows:
         print(f"{r['exit']:18s}{r['cost']:7.3f}{r['flops_speedup']:9.2f}{r['measured_speedup']:12.2f}"
               f"{r['latency_speedup']:10.2f}{r['efficiency']:16.0%}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"arch": args.arch, "input_shape": shape, "rows": rows}, indent=2) + "\n")
+        summary = {"arch": args.arch, "input_shape": shape, "device": where, "rows": rows}
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -356,8 +356,11 @@ def _key_numbers(results: dict) -> str:
     wall = results.get("wall_clock") or {}
     if wall.get("measured_speedup") is not None:
         latency = f"; latency {wall['latency_speedup']:.2f}×" if wall.get("latency_speedup") is not None else ""
+        slower = ("; slower than the backbone: per-exit kernel launches and syncs cost more than the "
+                  "FLOPs saved (small networks on a GPU), see the README's wall-clock notes"
+                  if wall["measured_speedup"] < 1 else "")
         cards.append(("measured speed-up", f"{wall['measured_speedup']:.2f}×",
-                      f"throughput, {wall.get('device', '?')}, batch {wall.get('throughput_batch', '?')}{latency}"))
+                      f"throughput, {wall.get('device', '?')}, batch {wall.get('throughput_batch', '?')}{latency}{slower}"))
     if budget := results.get("budget"):
         target, kind = budget.get("target", 0.0), budget.get("kind", "")
         goal = f"accuracy drop ≤ {100 * target:g} pt" if "drop" in kind else f"mean cost ≤ {target:.0%} FLOPs"

@@ -229,3 +229,11 @@ def test_tradeoff_draws_the_solved_budget_curve_under_the_alpha_curve():
     line = next(h for h, label in zip(*ax.get_legend_handles_labels()) if label == "LEENet, budgets solved directly")
     assert len(line.get_xdata()) == 40 and list(line.get_xdata()) == sorted(line.get_xdata())
     assert "leenet_budget" not in report.summary_table(results)  # the terminal table keeps to the alpha sweep
+
+
+def test_report_says_when_routing_is_slower_than_the_backbone(tmp_path):
+    results = make_results()
+    assert "slower than the backbone" not in report.write_report(results, tmp_path / "fast").read_text()
+    results["wall_clock"].update(device="cuda:0", measured_speedup=0.25)
+    html = report.write_report(results, tmp_path / "slow").read_text()
+    assert "0.25×" in html and "slower than the backbone" in html
