@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -41,12 +42,21 @@ def attach_exits(
     Returns:
         An ExitNet on the backbone's device with ``cost`` filled in; heads and gates untrained.
     """
+    if isinstance(exit_points, str):
+        raise LeenetError(f"exit_points is a list of module names, e.g. ['{exit_points}'], not a string")
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
+    if not shape or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise LeenetError(f"input_shape is one image's shape as positive whole numbers, e.g. (3, 224, 224); "
+                          f"got {input_shape!r}")
+    shape = tuple(int(n) for n in shape)
     if isinstance(backbone, nn.Module):
         if not exit_points:
             raise LeenetError("give at least one exit point (a module name such as 'layer2')")
         stages = split_backbone(backbone, list(exit_points))
         names = [*exit_points, "final"]
     else:
+        if isinstance(backbone, str) or not all(isinstance(m, nn.Module) for m in backbone):
+            raise LeenetError("backbone must be an nn.Module or a list of nn.Module stages")
         stages = list(backbone)
         if len(stages) < 2:
             raise LeenetError("an explicit list of stages needs at least two stages (one early exit)")
@@ -55,7 +65,7 @@ def attach_exits(
             raise LeenetError(f"{len(stages)} stages need {len(stages) - 1} exit names, got {len(names) - 1}")
     param = next((p for s in stages for p in s.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
-    example = torch.zeros(1, *input_shape, device=device)
+    example = torch.zeros(1, *shape, device=device)
     net = ExitNet.from_stages(
         stages, num_classes=num_classes, example_input=example, head=head,
         gate_config=gate_config, exit_names=names, threshold=threshold,

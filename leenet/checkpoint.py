@@ -13,6 +13,7 @@ from leenet.build import attach_exits
 from leenet.errors import CheckpointError, LeenetError
 from leenet.heads import GateConfig
 from leenet.model import ExitNet
+from leenet.objective import check_alpha
 
 FORMAT = "leenet.exitnet"
 VERSION = 1
@@ -75,6 +76,9 @@ def read_checkpoint(path: str | Path) -> dict:
     spec = payload.get("spec")
     if not isinstance(spec, dict) or any(k not in spec for k in _REQUIRED):
         raise CheckpointError(f"{path} lacks part of its build spec: the file is damaged; rerun `leenet run`")
+    if (not isinstance(payload.get("state_dict"), dict) or not isinstance(spec.get("gate"), dict)
+            or not isinstance(payload.get("gate_bank", {}), dict)):
+        raise CheckpointError(f"{path} lacks its weights or gate settings: the file is damaged; rerun `leenet run`")
     return payload
 
 
@@ -98,14 +102,18 @@ def load_checkpoint(
     spec = payload["spec"]
     if backbone is None:
         backbone = build_backbone(spec["arch"], num_classes=spec["num_classes"], in_channels=spec["input_shape"][0])
+    try:
+        gate_config = GateConfig(**spec["gate"])
+    except TypeError as exc:  # settings this version does not know
+        raise CheckpointError(f"{path} has gate settings this LEENet cannot read ({exc}): rerun `leenet run`") from None
     net = attach_exits(
         backbone, spec["exits"], input_shape=spec["input_shape"], num_classes=spec["num_classes"],
-        head=spec["head"], gate_config=GateConfig(**spec["gate"]), threshold=spec["threshold"],
+        head=spec["head"], gate_config=gate_config, threshold=spec["threshold"],
     )
     _load_strict(net, payload["state_dict"], path)
     if alpha is not None:
         bank = payload.get("gate_bank", {})
-        key = repr(float(alpha))
+        key = repr(check_alpha(alpha))
         if key not in bank:
             known = ", ".join(sorted(bank, key=float)) or "none"
             raise CheckpointError(f"{path} has no gates for alpha={alpha} (it has: {known})")

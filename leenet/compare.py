@@ -29,6 +29,8 @@ def upper_envelope(points: Sequence[Point]) -> list[Point]:
     if len(points) == 0:
         return []
     arr = np.asarray(points, dtype=float).reshape(-1, 2)
+    if not np.isfinite(arr).all():
+        raise ValueError("every (cost, accuracy) point must be finite: a NaN would hide the points after it")
     order = np.lexsort((-arr[:, 1], arr[:, 0]))  # by cost, the most accurate first on ties
     arr = arr[order]
     best_before = np.concatenate([[-np.inf], np.maximum.accumulate(arr[:, 1])[:-1]])
@@ -78,8 +80,8 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
         ``min_z``, ``min_z_cost``, ``min_z_gap``: the smallest gap / standard error over the
         costs where both families have a point (the most significant loss when negative).
     """
-    if not hi > lo:
-        raise ValueError(f"envelope_gap needs lo < hi, got lo={lo}, hi={hi}")
+    if not (np.isfinite([lo, hi]).all() and hi > lo):
+        raise ValueError(f"envelope_gap needs finite lo < hi, got lo={lo}, hi={hi}")
     env_a, env_b = upper_envelope(leenet_points), upper_envelope(baseline_points)
     inner = [c - tol for c, _ in env_a + env_b if lo < c - tol < hi]
     starts = np.unique(np.asarray([lo, *inner], dtype=float))
@@ -104,6 +106,8 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
 def _envelope_members(points: Sequence[Point], costs: np.ndarray, tol: float) -> np.ndarray:
     """Index into ``points`` of the point that gives the upper envelope its value at each cost (-1: none)."""
     arr = np.asarray(points, dtype=float).reshape(-1, 2)
+    if not np.isfinite(arr).all():
+        raise ValueError("every (cost, accuracy) point must be finite: a NaN would hide the points after it")
     order = np.lexsort((-arr[:, 1], arr[:, 0]))  # as in upper_envelope
     acc = arr[order, 1]
     best_before = np.concatenate([[-np.inf], np.maximum.accumulate(acc)[:-1]])

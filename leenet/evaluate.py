@@ -233,6 +233,8 @@ def find_budget(
     """
     if (target_cost is None) == (max_drop is None):
         raise LeenetError("give exactly one budget: --target-cost C or --max-drop D")
+    if not candidates:
+        raise LeenetError("no LEENet settings to choose a budget from: sweep at least one alpha")
     check_margin(margin)
     if target_cost is not None:
         if not target_cost > 0:

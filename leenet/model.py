@@ -43,6 +43,8 @@ class ExitNet(nn.Module):
         exit_names: E names, one per exit (the last is usually ``"final"``).
         gate_config: the inputs the gates were built for.
         threshold: gate probability at or above which a sample exits.
+        input_shape: one image's shape ``(C, H, W)``, the size the exits were costed and the
+            gates calibrated at; when given, batches of another shape are refused.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class ExitNet(nn.Module):
         exit_names: Sequence[str],
         gate_config: GateConfig,
         threshold: float = 0.5,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not (len(stages) - 1 == len(heads) == len(gates) == len(exit_names) - 1):
@@ -69,6 +72,7 @@ class ExitNet(nn.Module):
         if not 0.0 < threshold <= 1.0:
             raise LeenetError(f"the gate decision threshold must be in (0, 1], got {threshold}")
         self.threshold = float(threshold)
+        self.input_shape = None if input_shape is None else tuple(int(n) for n in input_shape)
         # Relative cost of each exit with every head run, and of each early head and gate
         # (see leenet.cost); filled in by the builder.
         self.register_buffer("cost", torch.zeros(len(stages)))
@@ -123,10 +127,30 @@ class ExitNet(nn.Module):
         heads = [make_head(head, shape, num_classes) for shape in shapes[:-1]]
         gates = make_gates(len(heads), [shape[0] for shape in shapes[:-1]], gate_config, num_classes)
         names = list(exit_names) if exit_names else [f"exit{i}" for i in range(len(heads))] + ["final"]
-        return cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold)
+        return cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold,
+                   input_shape=example_input.shape[1:])
+
+    def check_input(self, x: Tensor) -> None:
+        """Refuse, in one line, a batch this network cannot route (metadata only: no device sync)."""
+        if not isinstance(x, Tensor):
+            raise LeenetError(f"expected a tensor batch of images, got {type(x).__name__}")
+        expected = self.input_shape
+        if expected is not None and tuple(x.shape[1:]) != expected:
+            want = ", ".join(str(n) for n in expected)
+            raise LeenetError(
+                f"expected a batch of shape (B, {want}), the images this network was built and calibrated "
+                f"for, got {tuple(x.shape)}: resize or convert the images to that shape (one image needs a batch dimension)"
+            )
+        param = next(self.parameters(), None)
+        if param is not None and x.dtype != param.dtype:
+            raise LeenetError(
+                f"the images are {x.dtype} but the network computes in {param.dtype}: pass x.to({param.dtype}) "
+                f"(scaled like the training images)"
+            )
 
     def forward_all(self, x: Tensor) -> ExitOutputs:
         """Run every stage, head and gate on the whole batch (training, caching, sweeps)."""
+        self.check_input(x)
         logits, pooled, gate_p = [], [], []
         h = x
         for i, stage in enumerate(self.stages):
@@ -155,6 +179,7 @@ class ExitNet(nn.Module):
         Returns:
             logits (B, C) from each sample's exit, and exit_index (B,) int64 in [0, E).
         """
+        self.check_input(x)
         batch = x.shape[0]
         exit_index = torch.full((batch,), self.num_exits - 1, dtype=torch.long, device=x.device)
         active = torch.arange(batch, device=x.device)  # rows of the batch still running

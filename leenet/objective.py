@@ -16,7 +16,10 @@ LOSS_KINDS = ("error", "ce", "soft_error")
 
 def check_alpha(alpha: float) -> float:
     """Return ``alpha`` as a float, or raise a one-line error if it is outside [0, 1]."""
-    alpha = float(alpha)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        alpha = float("nan")  # not a number at all: the same message
     if not 0.0 <= alpha <= 1.0:  # also false for NaN
         raise LeenetError(
             f"alpha must be in [0, 1] (0 = only accuracy matters, 1 = only compute), got {alpha}"

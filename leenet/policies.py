@@ -37,8 +37,22 @@ class CachedOutputs:
     labels: Tensor
 
     def __post_init__(self) -> None:
+        if self.logits.dim() != 3:
+            raise LeenetError(f"cached logits must be (N, exits, classes), got shape {tuple(self.logits.shape)}")
         if self.logits.shape[0] == 0:
             raise LeenetError("no samples to evaluate: the split is empty; use a larger dataset")
+        n, _, classes = self.logits.shape
+        labels = self.labels
+        if labels.dim() != 1 or len(labels) != n or labels.dtype != torch.long:
+            raise LeenetError(
+                f"labels must be one int64 class index per sample, shape ({n},); got {labels.dtype} of shape "
+                f"{tuple(labels.shape)}: pass class indices, not one-hot or float targets"
+            )
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise LeenetError(
+                f"labels must be class indices in 0..{classes - 1}; got {int(labels.min())}..{int(labels.max())}: "
+                f"shift 1-based labels down by one, or give the backbone the right number of classes"
+            )
         if not torch.isfinite(self.logits).all():
             raise LeenetError(
                 "the network produced NaN or infinite logits: check the input normalization "

@@ -64,8 +64,10 @@ class GateTrainConfig:
             raise LeenetError(f"gate batch size must be >= 0 (0 = full batch), got {self.batch_size}")
         if self.crossfit < 1:
             raise LeenetError(f"gate crossfit folds must be >= 1, got {self.crossfit}")
-        if self.steps < 1 or self.lr <= 0:
-            raise LeenetError("gate training needs steps >= 1 and lr > 0")
+        if self.steps < 1 or not 0 < self.lr < float("inf"):  # also refuses a NaN lr
+            raise LeenetError(f"gate training needs steps >= 1 and a finite lr > 0, got {self.steps} and {self.lr}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise LeenetError(f"gate weight decay must be finite and >= 0, got {self.weight_decay}")
 
 
 def freeze_(module: nn.Module) -> nn.Module:
@@ -403,6 +405,7 @@ def gates_for_alpha(
     if scores is None:  # the predictors' own (in-sample) scores
         with torch.no_grad():
             scores = _gate_logits(predictors, inputs if inputs is not None else cache.gate_inputs(net.gate_config))
+    _check_scores(scores, cache, net)
     return _shifted(predictors, _alpha_thresholds(net, scores, losses, alpha))
 
 
@@ -518,6 +521,9 @@ def _crossfit_probabilities(net: ExitNet, cache: CachedOutputs, alpha: float, co
 
 def _fold_splits(n: int, k: int, seed: int) -> list[tuple[Tensor, Tensor]]:
     """``k`` (fit, held) index pairs of a seeded, balanced split: each sample is held out once."""
+    if n < 2:
+        raise LeenetError(f"out-of-fold calibration needs at least 2 calibration samples, got {n}: "
+                          f"hold out more (--calib-size) or set crossfit=1")
     fold = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % k  # (N,)
     return [((fold != i).nonzero().squeeze(1), (fold == i).nonzero().squeeze(1)) for i in range(k)]
 
@@ -611,6 +617,7 @@ def gates_for_budget(
     thresholds minimizing the calibration loss with mean cost at most ``max_cost`` (held-out
     ``scores`` from :func:`predictor_scores`). None when even the cheapest routing costs more.
     """
+    _check_scores(scores, cache, net)
     losses = exit_losses(cache.logits.detach(), cache.labels, config.loss)
     thresholds = _budget_thresholds(scores, losses, CostModel.of(net), _check_budget(max_cost))
     return None if thresholds is None else _shifted(predictors, thresholds)
@@ -642,8 +649,22 @@ def budget_sweep(
     return out
 
 
+def _check_scores(scores: Tensor, cache: CachedOutputs, net: ExitNet) -> None:
+    """Gate scores to choose thresholds on: finite, one row per calibration sample, one column per gate."""
+    want = (len(cache.labels), net.num_exits - 1)
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != want:
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise LeenetError(f"gate scores must be a tensor of shape {want} (calibration samples, gates), got {got}: "
+                          f"pass the scores predictor_scores returned for this cache")
+    if not torch.isfinite(scores).all():
+        raise LeenetError("gate scores contain NaN or infinite values: refit the predictors (predictor_scores)")
+
+
 def _check_budget(max_cost: float) -> float:
-    max_cost = float(max_cost)
+    try:
+        max_cost = float(max_cost)
+    except (TypeError, ValueError):
+        max_cost = float("nan")  # not a number at all: the same message
     if not max_cost > 0.0 or max_cost == float("inf"):  # also NaN
         raise LeenetError(f"a budget is a mean cost > 0 (a share of the backbone's FLOPs, e.g. 0.5), got {max_cost}")
     return max_cost

@@ -149,6 +149,31 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path: Path, capsys) -> None:
         load_checkpoint(mismatched)
 
 
+@pytest.mark.parametrize("damage", ["no_state_dict", "unknown_gate_setting", "gate_none", "state_dict_list",
+                                    "gate_bank_none"])
+def test_structurally_damaged_checkpoints(digits_run: Path, tmp_path: Path, damage: str) -> None:
+    payload = torch.load(digits_run / "model.pt", weights_only=True)
+    if damage == "no_state_dict":
+        del payload["state_dict"]
+    elif damage == "unknown_gate_setting":
+        payload["spec"]["gate"] = {**payload["spec"]["gate"], "foo": 1}
+    elif damage == "gate_none":
+        payload["spec"]["gate"] = None
+    elif damage == "state_dict_list":
+        payload["state_dict"] = [1]
+    else:
+        payload["gate_bank"] = None
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(LeenetError, match="damaged|cannot read"):
+        load_checkpoint(tmp_path / "damaged.pt", alpha=0.5)
+
+
+def test_checkpoint_alpha_must_be_a_number_in_range(digits_run: Path) -> None:
+    for bad in ("x", 1.5):
+        with pytest.raises(LeenetError, match=r"\[0, 1\]"):
+            load_checkpoint(digits_run / "model.pt", alpha=bad)
+
+
 def test_parse_alphas() -> None:
     assert parse_alphas("0:1:0.25") == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert parse_alphas("0.1, 0.3") == (0.1, 0.3)

@@ -106,6 +106,18 @@ def test_envelope_gap_rejects_outcomes_that_do_not_match_the_points():
         envelope_gap([(0.5, 0.5)], [(0.5, 0.5)], 0.1, 1.0, outcomes=(np.ones((2, 4)), np.ones((1, 4))))
 
 
+def test_envelopes_refuse_nonfinite_points_and_ranges():
+    """A NaN accuracy would hide every later point of an envelope; a NaN cost would sort anywhere."""
+    for points in ([(0.5, float("nan")), (0.6, 0.9)], [(float("nan"), 0.9), (0.6, 0.8)]):
+        with pytest.raises(ValueError, match="finite"):
+            upper_envelope(points)
+        with pytest.raises(ValueError, match="finite"):
+            envelope_gap(points, [(0.6, 0.9)], 0.1, 1.0)
+    for lo, hi in ((0.1, float("inf")), (float("nan"), 1.0), (0.5, 0.5)):
+        with pytest.raises(ValueError, match="lo < hi"):
+            envelope_gap([(0.5, 0.9)], [(0.6, 0.9)], lo, hi)
+
+
 def test_max_neighbour_jump():
     assert max_neighbour_jump([1.0, 0.9, 0.5, 0.45]) == pytest.approx(0.4)
     assert max_neighbour_jump([0.3]) == 0.0
@@ -199,6 +211,7 @@ def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_
 
     from leenet.objective import exit_losses, range_scale, raw_alpha
     from leenet.policies import CachedOutputs, gate_probabilities
+    from leenet.errors import LeenetError
     from leenet.train import GateTrainConfig, _fold_splits, fit_gate_sweep, train_gates
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
@@ -221,6 +234,10 @@ def test_gate_sweep_calibration_probabilities_are_out_of_fold(tiny_stages, tiny_
             torch.testing.assert_close(fit.calib_probs[held], expected)
     in_sample = fit_gate_sweep(net, cache, [0.2], GateTrainConfig(steps=5, crossfit=1))
     assert in_sample[0.2].calib_probs is None
+    one = CachedOutputs(cache.logits[:1], [p[:1] for p in cache.pooled], cache.labels[:1])
+    for objective in ("soft", "predict"):  # one sample cannot be held out from itself
+        with pytest.raises(LeenetError, match="at least 2 calibration samples"):
+            fit_gate_sweep(net, one, [0.5], GateTrainConfig(objective=objective, steps=5, crossfit=2))
 
 
 def test_gate_sweep_predict_moves_out_of_fold_scores_by_the_shipped_shift(tiny_stages, tiny_input):
@@ -416,7 +433,9 @@ def test_predictors_fit_on_the_training_split_default_to_minibatches(tiny_stages
 
 @pytest.mark.parametrize("kwargs, match", [({"predictors_on": "test"}, "predictor split"),
                                            ({"predictors_on": "train", "objective": "soft"}, "--objective predict"),
-                                           ({"batch_size": -1}, "batch size")])
+                                           ({"batch_size": -1}, "batch size"),
+                                           ({"lr": float("nan")}, "finite lr"), ({"lr": 0.0}, "finite lr"),
+                                           ({"weight_decay": float("nan")}, "weight decay")])
 def test_gate_train_config_rejects_bad_predictor_settings(kwargs, match):
     from leenet.errors import LeenetError
     from leenet.train import GateTrainConfig
@@ -435,7 +454,7 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
     from leenet.errors import LeenetError
     from leenet.objective import exit_losses
     from leenet.policies import first_exit, gate_probabilities
-    from leenet.train import BUDGET_TIE, NEVER, GateTrainConfig, gates_for_budget, predictor_scores
+    from leenet.train import BUDGET_TIE, NEVER, GateTrainConfig, gates_for_alpha, gates_for_budget, predictor_scores
 
     net, cache = _tiny_cache(tiny_stages, tiny_input)
     config = GateTrainConfig(objective="predict", loss="error", steps=40, crossfit=1)
@@ -466,9 +485,17 @@ def test_budget_gates_meet_the_budget_and_match_exhaustive_search(tiny_stages, t
     assert gates_for_budget(net, predictors, cache, scores, 0.1, config) is None  # below the first exit
     # exactly the first exit's cost (float32 means of it may round up) is a budget that fits
     assert gates_for_budget(net, predictors, cache, scores, float(net.cost[0]), config) is not None
-    for bad in (float("nan"), 0.0, -1.0):
+    for bad in (float("nan"), 0.0, -1.0, None, "half"):
         with pytest.raises(LeenetError, match="budget"):
             gates_for_budget(net, predictors, cache, scores, bad, config)
+    nan_scores = scores.clone()
+    nan_scores[0, 0] = float("nan")
+    for bad, match in ((scores[:5], "shape"), (scores[:, :1], "shape"), (None, "shape"), (nan_scores, "NaN")):
+        with pytest.raises(LeenetError, match=match):
+            gates_for_budget(net, predictors, cache, bad, 0.5, config)
+        if bad is not None:  # gates_for_alpha without scores uses the predictors' own
+            with pytest.raises(LeenetError, match=match):
+                gates_for_alpha(net, predictors, cache, 0.5, config, scores=bad)
 
 
 def test_budget_sweep_solves_each_budget_from_the_alpha_sweep(tiny_stages, tiny_input):

@@ -139,6 +139,11 @@ def test_find_budget_rejects_bad_budgets(kwargs: dict, pattern: str) -> None:
         find_budget(CANDIDATES, calib_reference=0.9, test_reference=0.9, **kwargs)
 
 
+def test_find_budget_needs_candidates() -> None:
+    with pytest.raises(LeenetError, match="at least one alpha"):
+        find_budget([], target_cost=0.5, calib_reference=0.9, test_reference=0.9)
+
+
 def test_operating_points_structure() -> None:
     other = [Candidate("max_softmax", 0.7, _result(0.85, 0.5), _result(0.84, 0.52))]
     points = operating_points({"leenet": CANDIDATES, "max_softmax": other}, 0.96, 0.96)

@@ -261,3 +261,29 @@ def test_routed_forward_syncs_once_per_gate(tiny_input: Tensor) -> None:
     with torch.no_grad(), _HostSyncs() as syncs:
         net(tiny_input)
     assert syncs.count == len(net.gates) - 1
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.randn(4, 1, 16, 16), r"\(B, 3, 16, 16\)"),  # grey images into an RGB network
+    (torch.randn(4, 3, 32, 32), r"\(B, 3, 16, 16\)"),  # another size than the exits were costed at
+    (torch.randn(3, 16, 16), "batch dimension"),  # one image without its batch axis
+    (torch.randn(4, 3, 16, 16, dtype=torch.float64), "float32"),
+    (torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "float32"),
+    ([[0.0]], "tensor"),
+])
+def test_forward_refuses_batches_it_cannot_route(bad, match: str) -> None:
+    net = _tiny_net(GateConfig())
+    for call in (net, net.forward_all):
+        with pytest.raises(LeenetError, match=match):
+            call(bad)
+    assert net(torch.zeros(0, *INPUT_SHAPE))[0].shape == (0, NUM_CLASSES)  # an empty batch is fine
+
+
+def test_attach_exits_refuses_malformed_arguments() -> None:
+    with pytest.raises(LeenetError, match="not a string"):
+        attach_exits(make_tiny_cnn(), "block1", input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+    for shape in ((3, -1, 16), (3.0, 16, 16), 16, ()):
+        with pytest.raises(LeenetError, match="input_shape"):
+            attach_exits(make_tiny_cnn(), EXIT_POINTS, input_shape=shape, num_classes=NUM_CLASSES)
+    with pytest.raises(LeenetError, match="nn.Module"):
+        attach_exits([nn.Identity(), len], input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)

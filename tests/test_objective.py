@@ -216,7 +216,7 @@ def test_balanced_bce_weighs_classes_equally() -> None:
     assert torch.allclose(low, high)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), None, "x"])
 def test_check_alpha_rejects(bad: float) -> None:
     with pytest.raises(LeenetError, match=r"\[0, 1\]"):
         check_alpha(bad)

@@ -203,3 +203,17 @@ def test_cached_outputs_rejects_empty_and_nonfinite() -> None:
     bad[1, 0, 2] = float("nan")
     with pytest.raises(LeenetError, match="NaN"):
         CachedOutputs(bad, [torch.zeros(2, 4)], torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("labels, match", [
+    (torch.tensor([[0], [1]]), "one int64 class index per sample"),  # (N, 1)
+    (torch.tensor([0.0, 1.0]), "one int64 class index per sample"),  # float targets
+    (torch.tensor([0, 1, 2]), "one int64 class index per sample"),  # another length
+    (torch.tensor([1, 3]), "0..2"),  # 1-based: 3 is out of range for 3 classes
+    (torch.tensor([-1, 0]), "0..2"),
+])
+def test_cached_outputs_rejects_bad_labels(labels: Tensor, match: str) -> None:
+    with pytest.raises(LeenetError, match=match):
+        CachedOutputs(torch.zeros(2, 2, 3), [torch.zeros(2, 4)], labels)
+    with pytest.raises(LeenetError, match="exits, classes"):
+        CachedOutputs(torch.zeros(2, 3), [torch.zeros(2, 4)], torch.zeros(2, dtype=torch.long))
