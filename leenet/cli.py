@@ -20,6 +20,8 @@ EPILOG = """examples:
 """
 
 
+REPORT_KEYS = ("exits", "backbone", "policies")  # what `leenet report` cannot draw without
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -195,9 +197,16 @@ def _dispatch(args: argparse.Namespace) -> None:
         path = Path(args.run_dir) / "results.json"
         try:
             results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # also JSON and Unicode decoding errors
             raise LeenetError(f"cannot read {path} ({exc.__class__.__name__}): pass a finished run directory") from None
-        print(write_report(results, Path(args.run_dir)))
+        missing = [k for k in REPORT_KEYS if k not in results] if isinstance(results, dict) else ["everything"]
+        if missing:
+            raise LeenetError(f"{path} is not a LEENet results file (it lacks {', '.join(missing)}): rerun `leenet run`")
+        try:
+            print(write_report(results, Path(args.run_dir)))
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            raise LeenetError(f"cannot draw the report of {path} ({exc.__class__.__name__}: {exc}): the file is "
+                              f"damaged or from another LEENet version; rerun `leenet run`") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _dispatch(args)
     except LeenetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a wrapped library's reason held
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from leenet.errors import LeenetError
@@ -13,6 +14,10 @@ from leenet.train import PRECISIONS, GateTrainConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
+
+MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
+MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)
+MAX_GATE_HIDDEN = 4096  # a gate is a small MLP over a few dozen confidence features
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +36,9 @@ class ModelConfig:
             raise LeenetError(f"unknown head '{self.head}' (valid: {', '.join(HEAD_KINDS)})")
         if self.num_classes is not None and self.num_classes < 2:
             raise LeenetError(f"--num-classes must be at least 2, got {self.num_classes}")
+        if self.gate is not None and self.gate.hidden > MAX_GATE_HIDDEN:
+            raise LeenetError(f"--gate-hidden {self.gate.hidden} is wider than a gate needs (at most "
+                              f"{MAX_GATE_HIDDEN}; 16-64 is typical)")
         if self.exits is not None and len(self.exits) == 0:
             raise LeenetError("--exits needs at least one exit point, e.g. --exits layer1,layer2")
 
@@ -47,8 +55,11 @@ class DataConfig:
     batch_size: int = 128  # training and evaluation batch size
 
     def __post_init__(self) -> None:
-        if not self.calib_size > 0:
-            raise LeenetError(f"--calib-size must be a fraction in (0, 1) or a count >= 1, got {self.calib_size}")
+        size = self.calib_size
+        if not (0 < size < 1 or (math.isfinite(size) and size >= 1 and size == int(size))):  # also NaN, inf
+            raise LeenetError(f"--calib-size must be a fraction in (0, 1) or a whole number of images >= 1, got {size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise LeenetError(f"--image-size must be at least 1 pixel, got {self.image_size}")
         if self.batch_size < 1:
             raise LeenetError(f"--batch-size must be at least 1, got {self.batch_size}")
 
@@ -69,8 +80,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise LeenetError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise LeenetError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_LR:  # also NaN
+                raise LeenetError(f"--{name.replace('_', '-')} must be a positive number up to {MAX_LR:g}, got {value}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise LeenetError(f"unknown --precision '{self.precision}' (valid: {', '.join(PRECISIONS)})")
 
@@ -97,6 +110,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.alphas:
             raise LeenetError("--alphas is empty: give a list like 0,0.1,0.2 or a range like 0:1:0.05")
+        if len(self.alphas) > MAX_ALPHAS:
+            raise LeenetError(f"{len(self.alphas)} alphas, at most {MAX_ALPHAS} are trained: sweep fewer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
+            raise LeenetError(f"--seed must be a whole number in 0..{2**32 - 1}, got {self.seed}")
         alphas = {check_alpha(a) for a in self.alphas}
         if self.alpha is not None:
             alphas.add(check_alpha(self.alpha))  # the chosen alpha is always trained
@@ -121,9 +138,13 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
+            check_alpha(start), check_alpha(stop)
+            if not step > 0:  # also NaN
                 raise LeenetError(f"--alphas step must be positive, got {step}")
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > MAX_ALPHAS:
+                raise LeenetError(f"--alphas {text} gives {count} alphas, at most {MAX_ALPHAS} are trained: "
+                                  f"use a larger step, e.g. 0:1:0.05")
             values = [round(start + k * step, 10) for k in range(max(count, 0))]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -79,17 +80,39 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_out_dir(config: RunConfig, arch: str) -> Path:
-    """The run directory; refuses to overwrite an earlier run's results unless asked to."""
+    """Create the run directory before any work; refuses an earlier run's unless asked to overwrite.
+
+    The default name is claimed atomically (a run started in the same second gets ``-2``), and
+    a path that cannot be created fails here, not after training.
+    """
     if config.out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{config.data.dataset}-{arch}-{stamp}"
-    else:
-        out = Path(config.out)
+        return _claim_dir(Path("runs") / f"{config.data.dataset}-{arch}-{stamp}")
+    out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise LeenetError(f"--out {out} is a file: choose a directory path")
     if (out / "results.json").exists() and not config.overwrite:
         raise LeenetError(f"{out} already holds a run's results: choose another --out, or add --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LeenetError(f"cannot create --out {out} ({exc.strerror or exc}): "
+                          f"choose a directory path you can write") from None
     return out
+
+
+def _claim_dir(base: Path) -> Path:
+    """Create and return ``base``, or ``base-2``, ``base-3``, … if taken (atomic: mkdir fails when it exists)."""
+    for k in range(1, 1000):
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise LeenetError(f"cannot create {path} ({exc.strerror or exc}): choose a directory with --out") from None
+    raise LeenetError(f"{base} and 998 more names like it are taken: choose a directory with --out")
 
 
 class _Timer:
@@ -111,14 +134,26 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
     Returns:
         The results dict that was written to ``results.json``.
     """
-    from leenet import data, zoo  # heavy imports (torchvision) only when a run starts
+    from leenet import zoo  # heavy imports (torchvision) only when a run starts
 
     timer = _Timer()
     device = resolve_device(config.device)
     defaults = dataset_defaults(config.data.dataset)
     arch = config.model.arch or defaults["arch"]
     info = zoo.get_backbone_info(arch)
+    existed = config.out is not None and Path(config.out).is_dir()
     out = prepare_out_dir(config, arch)
+    try:
+        return _run_into(out, config, device, defaults, arch, info, timer, log)
+    finally:
+        if not existed and out.is_dir() and not any(out.iterdir()):  # failed before writing: no empty run left
+            out.rmdir()
+
+
+def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict, arch: str, info,
+              timer: _Timer, log: Callable[[str], None]) -> dict:
+    from leenet import data, zoo
+
     torch.manual_seed(config.seed)
 
     with timer.phase("data"):
@@ -183,6 +218,9 @@ def run(config: RunConfig, *, log: Callable[[str], None] = print) -> dict:
 
     results.update(_describe(config, arch, spec, splits, net, test, exits))
     results["timings"] = timer.seconds
+    if (out / "results.json").exists() and not config.overwrite:  # another run finished there meanwhile
+        taken, out = out, _claim_dir(out)
+        _warn(f"{taken} got another run's results while this one worked: writing this run's to {out}")
     _write_artifacts(out, net, results, config, arch, head, input_shape, spec, bank, chosen)
     log(f"wrote {out}/results.json, model.pt and report.html")
     return results
@@ -408,8 +446,16 @@ def _write_artifacts(out: Path, net: ExitNet, results: dict, config: RunConfig, 
     }
     save_checkpoint(out / "model.pt", net, build_spec, gate_bank={a: fit.gates for a, fit in bank.items()})
     _write_json(out / "config.json", config.to_dict())
-    write_report(results, out)
-    _write_json(out / "results.json", results)
+    _write_json(out / "results.json", results)  # before the report: a drawing failure must not lose the run
+    try:
+        write_report(results, out)
+    except (OSError, ValueError) as exc:
+        _warn(f"the report could not be drawn ({exc}); the results are saved: retry with `leenet report {out}`")
+
+
+def _warn(message: str) -> None:
+    """A one-line warning on stderr, shown even with --quiet: something the user must know about."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -84,7 +84,8 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 def _check_loss(loss: Tensor, what: str) -> None:
     if not torch.isfinite(loss):
         raise LeenetError(
-            f"{what} loss became {float(loss)}: lower the learning rate or check the inputs for NaNs"
+            f"{what} loss became {float(loss.detach())}: lower the learning rate, or check the inputs and "
+            f"the starting weights for NaNs"
         )
 
 

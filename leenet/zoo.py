@@ -374,10 +374,11 @@ def _load_checked(
             continue
         built = f"{tuple(theirs.shape)} in the file but {tuple(mine.shape)} in {name}"
         if key.startswith(classifier + "."):
-            hint = (f"{built} built for {num_classes} classes: pass --num-classes {theirs.shape[0]} "
-                    "(or --transfer, transfer=True, for a new classifier)")
+            hint = (f"{built}: the file classifies {theirs.shape[0]} classes, this model {num_classes}; "
+                    "add --transfer (transfer=True) to train a new classifier on its features")
         elif key == first_conv + ".weight":
-            hint = f"{built} built for {mine.shape[1]} input channels: pass --in-channels {theirs.shape[1]}"
+            hint = (f"{built}: the file takes {theirs.shape[1]}-channel images, this model {mine.shape[1]}; "
+                    f"use weights for {mine.shape[1]}-channel images")
         else:
             hint = f"{built}: the file is for another variant or width"
         raise CheckpointError(f"{key} has shape {hint}")

@@ -119,6 +119,15 @@ BAD_INPUTS = [
     (["--budget-margin", "nan"], "--budget-margin"),
     (["--lr", "-0.1"], "--lr"),
     (["--fit-gates-on", "train", "--objective", "hard"], "--objective predict"),
+    (["--alphas", "0:1:1e-9"], "at most 1001"),  # would be a billion gate fits
+    (["--alphas", "0:inf:0.1"], "[0, 1]"),
+    (["--calib-size", "inf"], "--calib-size"),
+    (["--calib-size", "1.5"], "whole number"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**32)], "--seed"),
+    (["--lr", "1e300"], "--lr"),
+    (["--gate-hidden", "100000000"], "--gate-hidden"),
+    (["--image-size", "0"], "--image-size"),
 ]
 
 
@@ -131,6 +140,72 @@ def test_bad_input_gives_one_line_with_the_fix(args: list[str], hint: str, tmp_p
     assert len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, err
     assert hint in errors[0], err
     assert not (out / "results.json").exists()
+
+
+def test_out_that_cannot_be_created_fails_before_any_work(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    assert main(["run", "--out", str(tmp_path / "afile" / "sub"), *FAST]) == 2
+    err = capsys.readouterr()
+    assert "cannot create --out" in err.err and "backbone" not in err.out  # nothing was trained
+
+
+def test_failed_run_leaves_no_empty_run_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none"), *FAST]) == 2
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_results_written_meanwhile_by_another_run_are_kept(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Two runs into one --out: the one that finishes second writes beside the first, never over it."""
+    import leenet.pipeline as pipeline
+
+    out = tmp_path / "shared"
+    real = pipeline._describe
+
+    def other_run_finishes_first(*args, **kwargs):
+        (out / "results.json").write_text('{"from": "the other run"}')
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_describe", other_run_finishes_first)
+    assert main(["run", "--out", str(out), *FAST]) == 0
+    assert json.loads((out / "results.json").read_text()) == {"from": "the other run"}
+    assert (tmp_path / "shared-2" / "results.json").is_file() and (tmp_path / "shared-2" / "model.pt").is_file()
+    assert "writing this run's to" in capsys.readouterr().err
+
+
+def test_errors_are_printed_on_one_line(tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "junk.tar.gz"  # tarfile's reason lists every method it tried, one per line
+    junk.write_text("this is no tarball")
+    assert main(["run", "--dataset", "cifar10", "--data-dir", str(junk), "--out", str(tmp_path / "o"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read CIFAR-10") and len(err.splitlines()) == 1, err
+
+
+def test_default_run_directories_are_unique(tmp_path: Path, monkeypatch) -> None:
+    from leenet.config import RunConfig
+    from leenet.pipeline import prepare_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    first, second = prepare_out_dir(RunConfig(), "digits_cnn"), prepare_out_dir(RunConfig(), "digits_cnn")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+@pytest.mark.parametrize("content, hint", [("{}", "lacks exits"), ("[]", "not a LEENet results file"),
+                                           ("null", "not a LEENet results file"), ("\xff\xfe", "cannot read")])
+def test_report_on_a_damaged_results_file(tmp_path: Path, capsys, content: str, hint: str) -> None:
+    (tmp_path / "results.json").write_bytes(content.encode("latin-1"))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and hint in err and len(err.splitlines()) == 1, err
+
+
+def test_report_on_results_with_broken_entries(digits_run: Path, tmp_path: Path, capsys) -> None:
+    results = json.loads((digits_run / "results.json").read_text())
+    results["policies"][0]["cost"] = None
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "damaged" in err and len(err.splitlines()) == 1, err
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path: Path, capsys) -> None:

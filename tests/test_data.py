@@ -323,6 +323,10 @@ def test_cifar100_uses_fine_labels(cifar100_archive: Path) -> None:
 
 def test_cifar_corrupt_and_missing(tmp_path: Path) -> None:
     members = cifar10_members()
+    for labels in (["a"] * 10, [None] * 10, [2**70] * 10):  # labels that are no class numbers at all
+        members["data_batch_3"] = cifar_pickle({b"data": tagged_images(10, 3, 32).reshape(10, -1), b"labels": labels})
+        with pytest.raises(DataError, match="data_batch_3 has labels that are not class numbers 0..9"):
+            load_dataset("cifar10", data_dir=write_tar(tmp_path / "labels.tar.gz", "cifar-10-batches-py", members))
     members["data_batch_3"] = b"this is not a pickle"
     bad = write_tar(tmp_path / "garbage.tar.gz", "cifar-10-batches-py", members)
     with pytest.raises(DataError, match="data_batch_3 is not a readable CIFAR pickle"):
@@ -374,6 +378,9 @@ def test_folder_errors(tmp_path: Path, image_folder: Path) -> None:
     Image.new("RGB", (4, 4)).save(image_folder / "val" / "emu" / "0.png")
     with pytest.raises(DataError, match="only in train: none; only in val: emu"):
         load_dataset("folder", data_dir=image_folder)
+    one_class = write_folder(tmp_path / "one", {"ant": (3, 2)})
+    with pytest.raises(DataError, match="one class folder"):
+        load_dataset("folder", data_dir=one_class)
 
 
 def test_folder_corrupt_image(image_folder: Path) -> None:

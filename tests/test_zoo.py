@@ -156,11 +156,11 @@ def test_weights_file_round_trip(tmp_path: Path, key: str | None) -> None:
 
 def test_mismatched_weights_name_the_fix(tmp_path: Path) -> None:
     torch.save(build_backbone("small_resnet", num_classes=10, in_channels=1).state_dict(), tmp_path / "w.pt")
-    expected = (r"fc\.weight has shape \(10, 96\) in the file but \(100, 96\) in small_resnet built for "
-                r"100 classes: pass --num-classes 10")
+    expected = (r"fc\.weight has shape \(10, 96\) in the file but \(100, 96\) in small_resnet: the file "
+                r"classifies 10 classes, this model 100; add --transfer")
     with pytest.raises(CheckpointError, match=expected):
         build_backbone("small_resnet", num_classes=100, in_channels=1, weights=tmp_path / "w.pt")
-    with pytest.raises(CheckpointError, match=r"stem\.0\.weight .* pass --in-channels 1"):
+    with pytest.raises(CheckpointError, match=r"stem\.0\.weight .* the file takes 1-channel images, this model 3"):
         build_backbone("small_resnet", num_classes=10, in_channels=3, weights=str(tmp_path / "w.pt"))
     with pytest.raises(CheckpointError, match=r"does not fit digits_cnn: \d+ missing keys \(e\.g\. block1"):
         build_backbone("digits_cnn", num_classes=10, in_channels=1, weights=tmp_path / "w.pt")

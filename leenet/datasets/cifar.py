@@ -138,7 +138,11 @@ def _batch(fmt: CifarFormat, blob: bytes, source: str) -> tuple[torch.Tensor, to
     if not isinstance(data, np.ndarray) or labels is None:
         raise DataError(f"{source} lacks {b'data'!r} or {fmt.label_key!r}: it is not a "
                         f"{fmt.title} batch; replace it with the original file")
-    y = np.asarray(labels, dtype=np.int64)
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{source} has labels that are not class numbers 0..{fmt.num_classes - 1}: "
+                        f"replace it with the original file") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
             or y.shape != (data.shape[0],):
         raise DataError(f"{source} holds data {data.dtype}{data.shape} and {y.shape[0]} labels, "

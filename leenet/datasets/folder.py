@@ -117,6 +117,9 @@ def scan_split(split_dir: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]
                            if d.is_dir() and not d.name.startswith(".")))
     if not classes:
         raise DataError(f"{split_dir} has no class folders: lay images out as {LAYOUT}")
+    if len(classes) < 2:
+        raise DataError(f"{split_dir} has one class folder ({classes[0]}): a classifier needs at least two; "
+                        f"lay images out as {LAYOUT}")
     samples: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         files = sorted(p for p in (split_dir / name).rglob("*")
