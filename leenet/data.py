@@ -113,9 +113,12 @@ def _calib_count(calib_size: int | float, n: int) -> int:
     else:
         raise DataError(f"calib_size={calib_size} must be a fraction in (0, 1) "
                         f"or a whole number of samples in 1..{n - 1}")
-    if not 1 <= count < n:
+    if n < 3:
+        raise DataError(f"the training data has {n} sample(s): at least 3 are needed (2 to train on, "
+                        f"1 to calibrate); use a larger dataset")
+    if not 1 <= count <= n - 2:
         raise DataError(f"calib_size={calib_size} holds out {count} of the {n} training samples: "
-                        f"choose 1..{n - 1} samples or a fraction that leaves both splits non-empty")
+                        f"choose 1..{n - 2} samples or a fraction that leaves at least 2 to train on")
     return count
 
 

@@ -331,6 +331,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         CheckpointError: the file is missing, unreadable or holds no state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"weights file {path} is a directory: pass the state-dict file inside it")
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found: pass an existing state-dict file")
     try:

@@ -129,10 +129,15 @@ def test_registry_names_and_unknown_name() -> None:
     assert issubclass(DataError, LeenetError)
 
 
-@pytest.mark.parametrize("calib_size", [0, -3, 40, 41, 0.0, 1.0, 1.5, "a", True])
+@pytest.mark.parametrize("calib_size", [0, -3, 39, 40, 41, 0.0, 1.0, 1.5, "a", True])  # 39 of 40 leaves 1 to train
 def test_bad_calib_size(fashion_dir: Path, calib_size: object) -> None:
     with pytest.raises(DataError, match="calib_size"):
         load_dataset("fashion-mnist", data_dir=fashion_dir, calib_size=calib_size)
+
+
+def test_too_few_training_samples_to_split() -> None:
+    with pytest.raises(DataError, match="at least 3"):
+        split_calibration(torch.tensor([0, 1]), 1, seed=0)
 
 
 def test_split_calibration_is_disjoint_stratified_and_seeded() -> None:

@@ -154,6 +154,11 @@ def test_weights_file_round_trip(tmp_path: Path, key: str | None) -> None:
         assert torch.equal(tensor, state[name]), name
 
 
+def test_weights_path_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="is a directory"):
+        build_backbone("small_resnet", num_classes=10, in_channels=1, weights=tmp_path)
+
+
 def test_mismatched_weights_name_the_fix(tmp_path: Path) -> None:
     torch.save(build_backbone("small_resnet", num_classes=10, in_channels=1).state_dict(), tmp_path / "w.pt")
     expected = (r"fc\.weight has shape \(10, 96\) in the file but \(100, 96\) in small_resnet: the file "
