@@ -59,7 +59,8 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--head", choices=["pool", "sdn", "flatten"],
                    help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
                    "default flatten for digits, sdn for fashion-mnist, pool otherwise")
-    m.add_argument("--gate-hidden", type=_positive_int, help="gate MLP width (0 = logistic; default 16, 32 on fashion-mnist)")
+    m.add_argument("--gate-hidden", type=_positive_int,
+                   help="gate MLP width (0 = logistic; default 16, 32 on fashion-mnist)")
     m.add_argument("--gate-pooled", action=argparse.BooleanOptionalAction,
                    help="gates also see the pooled feature map (default: on, except on digits and fashion-mnist)")
     m.add_argument("--gate-history", action=argparse.BooleanOptionalAction,

@@ -237,6 +237,9 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     entry = DATASETS[name]
     raw = entry.read(Path(data_dir).expanduser() if data_dir is not None else None, download)
     if isinstance(raw, ArrayData):
+        if raw.train_y.unique().numel() < 2:
+            raise DataError(f"{name}'s training labels hold a single class: a classifier needs at least two; "
+                            f"check the label file")
         raw = _with_channels(name, raw, channels)
         return _array_splits(name, raw, calib_size, seed, image_size, mean, std)
     if channels not in (None, 3):

@@ -269,6 +269,18 @@ def test_fashion_mnist_corrupt_files(fashion_dir: Path) -> None:
         load_dataset("fashion-mnist", data_dir=fashion_dir)
 
 
+def test_fashion_mnist_files_that_do_not_belong_together(fashion_dir: Path) -> None:
+    images = fashion_dir / "t10k-images-idx3-ubyte"
+    good = images.read_bytes()
+    images.write_bytes(idx_bytes(tagged_images(20, 1, 20)[:, 0]))  # 20x20 test images beside 28x28 training ones
+    with pytest.raises(DataError, match="different datasets"):
+        load_dataset("fashion-mnist", data_dir=fashion_dir)
+    images.write_bytes(good)
+    (fashion_dir / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(40, dtype=np.uint8))))
+    with pytest.raises(DataError, match="single class"):
+        load_dataset("fashion-mnist", data_dir=fashion_dir)
+
+
 def test_fashion_mnist_missing_files(tmp_path: Path, fashion_dir: Path) -> None:
     with pytest.raises(DataError, match="not found.*dataset-fashion-mnist.*--data-dir.*--download"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")

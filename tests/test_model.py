@@ -22,7 +22,8 @@ from leenet.timing import PlainBackbone
 
 from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
 
-GATE_CONFIGS = [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)] + [GateConfig(hidden=8, classes=True)]
+GATE_CONFIGS = [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)]
+GATE_CONFIGS.append(GateConfig(hidden=8, classes=True))
 BATCH_SIZES = (1, 2, 7, 64)
 
 

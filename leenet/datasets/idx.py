@@ -100,6 +100,9 @@ def _read_folder(folder: Path, found: dict[str, Path]) -> ArrayData:
     arrays = {role: read_idx_file(path) for role, path in found.items()}
     _check(arrays["train_x"], arrays["train_y"], "train", folder)
     _check(arrays["test_x"], arrays["test_y"], "test", folder)
+    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        raise DataError(f"{folder}: training images are {arrays['train_x'].shape[1:]} but test images "
+                        f"{arrays['test_x'].shape[1:]}: the files come from different datasets; use the original four")
     tensors = {role: torch.from_numpy(a.copy()) for role, a in arrays.items()}
     return ArrayData(
         train_x=tensors["train_x"][:, None],
