@@ -401,7 +401,16 @@ def test_folder_errors(tmp_path: Path, image_folder: Path) -> None:
 
 
 def test_folder_corrupt_image(image_folder: Path) -> None:
-    (image_folder / "val" / "ant" / "0.png").write_bytes(b"not a png")
+    image = image_folder / "val" / "ant" / "0.png"
+    good = image.read_bytes()
+    image.write_bytes(b"not a png")  # no image header: refused when the dataset loads
+    with pytest.raises(DataError, match=r"1 file\(s\) in .*val are not images: .*0.png"):
+        load_dataset("folder", data_dir=image_folder, image_size=8)
+    image.write_bytes(good[: len(good) // 2])  # a header, then truncated pixels: found when decoded
+    (image_folder / "train" / "bee" / "notes.jpg").write_text("a text file with an image suffix")
+    with pytest.raises(DataError, match=r"1 file\(s\) in .*train are not images: .*notes.jpg"):
+        load_dataset("folder", data_dir=image_folder, image_size=8)
+    (image_folder / "train" / "bee" / "notes.jpg").unlink()
     splits = load_dataset("folder", data_dir=image_folder, image_size=8)
     with pytest.raises(DataError, match="cannot read image .*0.png"):
         splits.test[0]

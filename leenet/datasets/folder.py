@@ -128,7 +128,22 @@ def scan_split(split_dir: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]
             raise DataError(f"class folder {split_dir / name} has no images "
                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}): add images or remove it")
         samples += [(p, label) for p in files]
+    unreadable = [p for p, _ in samples if not _has_image_header(p)]
+    if unreadable:
+        more = f" (+{len(unreadable) - 3} more)" if len(unreadable) > 3 else ""
+        shown = ", ".join(str(p) for p in unreadable[:3]) + more
+        raise DataError(f"{len(unreadable)} file(s) in {split_dir} are not images: {shown}; replace or delete them")
     return classes, samples
+
+
+def _has_image_header(path: Path) -> bool:
+    """Whether PIL recognizes the file's header (cheap: the pixels are not decoded), so that a
+    stray non-image fails when the dataset loads rather than hours into training."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def _listing(names: set[str]) -> str:
