@@ -340,7 +340,7 @@ def test_cifar100_uses_fine_labels(cifar100_archive: Path) -> None:
 
 def test_cifar_corrupt_and_missing(tmp_path: Path) -> None:
     members = cifar10_members()
-    for labels in (["a"] * 10, [None] * 10, [2**70] * 10):  # labels that are no class numbers at all
+    for labels in (["a"] * 10, [None] * 10, [2**70] * 10, [0.5] * 10):  # labels that are no class numbers
         members["data_batch_3"] = cifar_pickle({b"data": tagged_images(10, 3, 32).reshape(10, -1), b"labels": labels})
         with pytest.raises(DataError, match="data_batch_3 has labels that are not class numbers 0..9"):
             load_dataset("cifar10", data_dir=write_tar(tmp_path / "labels.tar.gz", "cifar-10-batches-py", members))

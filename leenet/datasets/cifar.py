@@ -139,7 +139,10 @@ def _batch(fmt: CifarFormat, blob: bytes, source: str) -> tuple[torch.Tensor, to
         raise DataError(f"{source} lacks {b'data'!r} or {fmt.label_key!r}: it is not a "
                         f"{fmt.title} batch; replace it with the original file")
     try:
-        y = np.asarray(labels, dtype=np.int64)
+        y = np.asarray(labels)
+        if y.dtype.kind not in "iu":  # floats would truncate, strings and objects are no labels
+            raise TypeError(y.dtype)
+        y = y.astype(np.int64)
     except (TypeError, ValueError, OverflowError):
         raise DataError(f"{source} has labels that are not class numbers 0..{fmt.num_classes - 1}: "
                         f"replace it with the original file") from None
