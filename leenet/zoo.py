@@ -384,7 +384,12 @@ def _load_checked(
         else:
             hint = f"{built}: the file is for another variant or width"
         raise CheckpointError(f"{key} has shape {hint}")
-    model.load_state_dict(state, strict=False)
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # e.g. sparse or otherwise unusual tensors in the file
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 200 else reason[:199] + "…"
+        raise CheckpointError(f"{path} holds tensors {name} cannot load ({reason}): save a plain dense state dict") from None
 
 
 def _transfer(

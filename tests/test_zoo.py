@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,16 @@ def test_weights_file_round_trip(tmp_path: Path, key: str | None) -> None:
     loaded = build_backbone("small_resnet", num_classes=10, in_channels=1, weights=tmp_path / "w.pt")
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, state[name]), name
+
+
+def test_weights_with_sparse_tensors(tmp_path: Path) -> None:
+    state = build_backbone("small_resnet", num_classes=10, in_channels=1).state_dict()
+    state["fc.weight"] = state["fc.weight"].to_sparse()
+    torch.save(state, tmp_path / "sparse.pt")
+    with warnings.catch_warnings():  # torch may warn that it validates the sparse tensors
+        warnings.simplefilter("ignore")
+        with pytest.raises(CheckpointError, match="plain dense state dict"):
+            build_backbone("small_resnet", num_classes=10, in_channels=1, weights=tmp_path / "sparse.pt")
 
 
 def test_weights_path_that_is_a_directory(tmp_path: Path) -> None:
