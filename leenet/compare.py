@@ -28,14 +28,20 @@ def upper_envelope(points: Sequence[Point]) -> list[Point]:
     """
     if len(points) == 0:
         return []
+    arr, order, raises = _staircase(points)
+    return [(float(c), float(a)) for c, a in arr[order][raises]]
+
+
+def _staircase(points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``points`` as a finite (N, 2) array, their order by cost (the most accurate first on
+    ties), and which of the points in that order raise the upper envelope."""
     arr = np.asarray(points, dtype=float).reshape(-1, 2)
     if not np.isfinite(arr).all():
         raise ValueError("every (cost, accuracy) point must be finite: a NaN would hide the points after it")
-    order = np.lexsort((-arr[:, 1], arr[:, 0]))  # by cost, the most accurate first on ties
-    arr = arr[order]
-    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(arr[:, 1])[:-1]])
-    keep = arr[:, 1] > best_before
-    return [(float(c), float(a)) for c, a in arr[keep]]
+    order = np.lexsort((-arr[:, 1], arr[:, 0]))
+    acc = arr[order, 1]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(acc)[:-1]])
+    return arr, order, acc > best_before
 
 
 def envelope_at(envelope: Sequence[Point], costs: np.ndarray, tol: float = 0.0) -> np.ndarray:
@@ -105,13 +111,8 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
 
 def _envelope_members(points: Sequence[Point], costs: np.ndarray, tol: float) -> np.ndarray:
     """Index into ``points`` of the point that gives the upper envelope its value at each cost (-1: none)."""
-    arr = np.asarray(points, dtype=float).reshape(-1, 2)
-    if not np.isfinite(arr).all():
-        raise ValueError("every (cost, accuracy) point must be finite: a NaN would hide the points after it")
-    order = np.lexsort((-arr[:, 1], arr[:, 0]))  # as in upper_envelope
-    acc = arr[order, 1]
-    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(acc)[:-1]])
-    step = np.maximum.accumulate(np.where(acc > best_before, np.arange(len(acc)), -1))  # last improvement so far
+    arr, order, raises = _staircase(points)
+    step = np.maximum.accumulate(np.where(raises, np.arange(len(order)), -1))  # last improvement so far
     idx = np.searchsorted(arr[order, 0], np.asarray(costs, dtype=float) + tol, side="right") - 1
     return np.where(idx >= 0, order[step[np.clip(idx, 0, None)]], -1)
 
