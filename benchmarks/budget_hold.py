@@ -33,7 +33,7 @@ import fashion_mnist as fm
 import numpy as np
 import torch
 
-from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, best_within_cost, cheapest_within_drop
+from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, best_within_cost, cheapest_within_drop, held_on_test
 from leenet.heads import make_gates
 from leenet.train import fit_gate_sweep
 
@@ -68,8 +68,8 @@ def cases(candidates, ev) -> list[dict]:
                     chosen = cheapest_within_drop(candidates, ref_c, target, margin=margin)
                 row = {"margin": margin, "kind": kind, "target": target, "reachable": chosen is not None}
                 if chosen is not None:
-                    held = (chosen.test.cost <= target + 1e-9 if kind == "target_cost"
-                            else chosen.test.accuracy >= ref_t - target - 1e-9)
+                    held = (held_on_test(chosen, max_cost=target) if kind == "target_cost"
+                            else held_on_test(chosen, max_drop=target, test_reference=ref_t))
                     row.update(held=bool(held), test_accuracy=chosen.test.accuracy, test_cost=chosen.test.cost,
                                test_drop=ref_t - chosen.test.accuracy, calib_cost=chosen.calib.cost,
                                calib_drop=ref_c - chosen.calib.accuracy)
