@@ -215,7 +215,9 @@ def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict
     if config.timing:
         with timer.phase("wall_clock"):
             results["wall_clock"] = _wall_clock(net, loader(splits.test, False), device, results["selected"])
-        log(_speed_line(results["wall_clock"]))
+        from leenet.report import speed_line  # the report module draws; import it only when a run gets here
+
+        log(speed_line(results["wall_clock"]))
 
     results.update(_describe(config, arch, spec, splits, net, test, exits))
     results["timings"] = timer.seconds
@@ -452,17 +454,6 @@ def _write_artifacts(out: Path, net: ExitNet, results: dict, config: RunConfig, 
         write_report(results, out)
     except (OSError, ValueError) as exc:
         _warn(f"the report could not be drawn ({exc}); the results are saved: retry with `leenet report {out}`")
-
-
-def _speed_line(clock: dict) -> str:
-    """What the wall-clock measurement found, in one line (and why when routing lost)."""
-    line = (f"measured on {clock['device']}: {clock['measured_speedup']:.2f}x the backbone's throughput at batch "
-            f"{clock['throughput_batch']}, {clock['latency_speedup']:.2f}x its speed at batch 1 "
-            f"(FLOPs say {clock['flops_speedup']:.2f}x)")
-    if clock["measured_speedup"] < 1:
-        line += ("; slower than the backbone: per-exit kernel launches and syncs outweigh the FLOPs saved "
-                 "(small networks on a GPU), see the README's wall-clock notes")
-    return line
 
 
 def _warn(message: str) -> None:

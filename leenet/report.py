@@ -296,6 +296,18 @@ def _summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
     return rows + [row("oracle", "-", p) for p in _policies(results, "oracle")]
 
 
+SLOWER_THAN_BACKBONE = ("slower than the backbone: per-exit kernel launches and syncs cost more than the FLOPs "
+                        "saved (small networks on a GPU), see the README's wall-clock notes")
+
+
+def speed_line(clock: dict) -> str:
+    """The run's wall-clock measurement (``results["wall_clock"]``) in one terminal line."""
+    line = (f"measured on {clock['device']}: {clock['measured_speedup']:.2f}x the backbone's throughput at batch "
+            f"{clock['throughput_batch']}, {clock['latency_speedup']:.2f}x its speed at batch 1 "
+            f"(FLOPs say {clock['flops_speedup']:.2f}x)")
+    return line + (f"; {SLOWER_THAN_BACKBONE}" if clock["measured_speedup"] < 1 else "")
+
+
 def summary_table(results: dict) -> str:
     """A fixed-width text table for the terminal: backbone, exits, LEENet alphas, baselines, oracle.
 
@@ -356,9 +368,7 @@ def _key_numbers(results: dict) -> str:
     wall = results.get("wall_clock") or {}
     if wall.get("measured_speedup") is not None:
         latency = f"; latency {wall['latency_speedup']:.2f}×" if wall.get("latency_speedup") is not None else ""
-        slower = ("; slower than the backbone: per-exit kernel launches and syncs cost more than the "
-                  "FLOPs saved (small networks on a GPU), see the README's wall-clock notes"
-                  if wall["measured_speedup"] < 1 else "")
+        slower = f"; {SLOWER_THAN_BACKBONE}" if wall["measured_speedup"] < 1 else ""
         cards.append(("measured speed-up", f"{wall['measured_speedup']:.2f}×",
                       f"throughput, {wall.get('device', '?')}, batch {wall.get('throughput_batch', '?')}{latency}{slower}"))
     if budget := results.get("budget"):

@@ -316,10 +316,10 @@ def test_another_objective_on_fashion_mnist_drops_the_train_split_default() -> N
 
 
 def test_run_prints_the_measured_speed_and_says_when_routing_lost() -> None:
-    from leenet.pipeline import _speed_line
+    from leenet.report import speed_line
 
     clock = {"device": "cpu", "measured_speedup": 1.59, "throughput_batch": 256, "latency_speedup": 1.23,
              "flops_speedup": 2.01}
-    line = _speed_line(clock)
+    line = speed_line(clock)
     assert "1.59x" in line and "1.23x" in line and "2.01x" in line and "slower" not in line
-    assert "slower than the backbone" in _speed_line({**clock, "device": "cuda:0", "measured_speedup": 0.22})
+    assert "slower than the backbone" in speed_line({**clock, "device": "cuda:0", "measured_speedup": 0.22})
