@@ -48,9 +48,10 @@ class CachedOutputs:
                 f"labels must be one int64 class index per sample, shape ({n},); got {labels.dtype} of shape "
                 f"{tuple(labels.shape)}: pass class indices, not one-hot or float targets"
             )
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        lo, hi = int(labels.min()), int(labels.max())  # the split is not empty (checked above)
+        if not (0 <= lo and hi < classes):
             raise LeenetError(
-                f"labels must be class indices in 0..{classes - 1}; got {int(labels.min())}..{int(labels.max())}: "
+                f"labels must be class indices in 0..{classes - 1}; got {lo}..{hi}: "
                 f"shift 1-based labels down by one, or give the backbone the right number of classes"
             )
         if not torch.isfinite(self.logits).all():

@@ -140,12 +140,12 @@ def _batch(fmt: CifarFormat, blob: bytes, source: str) -> tuple[torch.Tensor, to
                         f"{fmt.title} batch; replace it with the original file")
     try:
         y = np.asarray(labels)
-        if y.dtype.kind not in "iu":  # floats would truncate, strings and objects are no labels
-            raise TypeError(y.dtype)
-        y = y.astype(np.int64)
-    except (TypeError, ValueError, OverflowError):
+    except ValueError:  # ragged nesting
+        y = np.asarray([], dtype=object)
+    if y.dtype.kind not in "iu":  # floats would truncate; strings, None and huge ints give other dtypes
         raise DataError(f"{source} has labels that are not class numbers 0..{fmt.num_classes - 1}: "
-                        f"replace it with the original file") from None
+                        f"replace it with the original file")
+    y = y.astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
             or y.shape != (data.shape[0],):
         raise DataError(f"{source} holds data {data.dtype}{data.shape} and {y.shape[0]} labels, "
