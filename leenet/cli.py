@@ -22,6 +22,7 @@ EPILOG = """examples:
 
 REPORT_KEYS = ("exits", "backbone", "policies")  # what `leenet report` cannot draw without
 
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 0:

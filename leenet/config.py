@@ -19,6 +19,7 @@ MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
 MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)
 MAX_GATE_HIDDEN = 4096  # a gate is a small MLP over a few dozen confidence features
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: backbone, where it exits, and what sits at each exit."""

@@ -21,13 +21,13 @@ from leenet.model import ExitNet
 from leenet.timing import measure_wall_clock
 
 from conftest import INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
+from test_cli import FAST as CLI_FAST
 from test_model import assert_routing_matches
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-FAST = ["--epochs", "12", "--head-epochs", "5", "--batch-size", "64", "--alphas", "0,0.25,0.5,1",
-        "--gate-steps", "30", "--quiet"]
+FAST = [arg for arg in CLI_FAST if arg != "--no-timing"]  # the CLI tests' settings, with the wall clock
 
 
 @pytest.fixture
