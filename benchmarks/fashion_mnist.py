@@ -37,7 +37,7 @@ from leenet.heads import GateConfig, make_gates  # noqa: E402
 from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
 from leenet.report import write_report  # noqa: E402
 from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateFit, GateTrainConfig, budget_sweep, collect_outputs, fit_gate_sweep,  # noqa: E402
+from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep,  # noqa: E402
                           freeze_, train_heads)
 
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
@@ -268,14 +268,6 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
     return net, saved["calib"], saved["test"], saved["train"]
 
 
-def solved_budgets(net, ev: Evaluator, calib: CachedOutputs, config: GateTrainConfig, fit: GateFit) -> list[Candidate]:
-    """LEENet's budget mode solved at every ``BUDGET_STEP`` of cost (param = the budget), with the
-    correctness predictors and calibration scores of a "predict" sweep's ``fit``."""
-    budgets = np.arange(float(net.cost[0]), 1.0 + 1e-9, BUDGET_STEP)
-    return [c for budget, solved in budget_sweep(net, fit, calib, budgets, config).items()
-            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]
-
-
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,
              grids: dict | None, *, alphas: tuple[float, ...] = ALPHAS,
              budget_curve_methods: tuple[str, ...] = BUDGET_CURVE_METHODS) -> dict:
@@ -303,7 +295,7 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutput
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
         if name in budget_curve_methods:
-            budget_curve = solved_budgets(net, ev, calib, train_config, fits[alphas[0]])
+            budget_curve = ev.budget_curve(net, fits[alphas[0]], train_config, BUDGET_STEP)
             metrics["budget_gap"] = test_gap(budget_curve, both, float(net.cost[0]))
         metrics["seconds"] = time.perf_counter() - start
         out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics}

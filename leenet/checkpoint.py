@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from leenet.build import attach_exits
-from leenet.errors import CheckpointError, LeenetError
+from leenet.errors import CheckpointError, LeenetError, brief
 from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.objective import check_alpha
@@ -62,8 +62,9 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason}): rerun `leenet run`") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch file ({brief(exc, 120)}): rerun `leenet run`"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a LEENet checkpoint (a plain state dict? load it as a backbone with --weights)"
@@ -125,9 +126,7 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
         raise CheckpointError(
-            f"{path} does not fit the model it describes ({detail[:160]}): it was written for "
+            f"{path} does not fit the model it describes ({brief(exc)}): it was written for "
             "another backbone; pass the matching --arch/backbone"
         ) from None

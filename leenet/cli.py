@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from leenet.errors import LeenetError
@@ -211,6 +214,24 @@ def _dispatch(args: argparse.Namespace) -> None:
                               f"damaged or from another LEENet version; rerun `leenet run`") from None
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """A SIGTERM (a scheduler's time limit, `kill`) exits like Ctrl-C does, through the run's
+    clean-up (no empty run directory left), with the status 128 + 15 a killed process has."""
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leenet` console script; returns the exit status."""
     parser = build_parser()
@@ -219,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        _dispatch(args)
+        with _sigterm_unwinds():
+            _dispatch(args)
     except LeenetError as exc:
         message = " ".join(str(exc).split())  # one line, whatever a wrapped library's reason held
         print(f"error: {message}", file=sys.stderr)

@@ -1,6 +1,13 @@
 """The one exception type users see: a problem with their input, with the fix in its text."""
 
 
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """A library exception's message on one line and at most ``limit`` characters, to quote
+    inside a :class:`LeenetError` (torch's and tarfile's reasons span several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 class LeenetError(Exception):
     """Bad input or state the user can fix. The CLI prints ``error: <message>`` and exits 2.
 

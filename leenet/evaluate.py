@@ -28,6 +28,7 @@ from leenet.policies import (
     threshold_exits,
     threshold_grid,
 )
+from leenet.train import GateFit, GateTrainConfig, budget_sweep
 
 COST_BUDGETS = (0.25, 0.5, 0.75, 1.0)
 ACCURACY_DROPS = (0.005, 0.01)
@@ -125,6 +126,20 @@ class Evaluator:
                     calib = replace(calib, accuracy=held_out.accuracy, drop_stderr=held_out.drop_stderr)
             out.append(Candidate("leenet", alpha, calib, test, threshold=t))
         return out
+
+    def budget_curve(self, net: nn.Module, fit: GateFit, config: GateTrainConfig, step: float, *,
+                     progress: bool = False) -> list[Candidate]:
+        """LEENet's budget mode solved every ``step`` of cost from the first exit's to the
+        backbone's (method ``leenet_budget``, param = the budget): the curve between an alpha
+        sweep's corners. ``fit``: any alpha's "predict" fit of the sweep, whose predictors and
+        held-out scores every budget shares (:func:`leenet.train.budget_sweep`).
+        """
+        first = float(net.cost[0])
+        budgets = [round(first + k * step, 6) for k in range(int((1.0 - first) / step + 1e-6) + 1)]
+        return [replace(c, method="leenet_budget")
+                for budget, solved in budget_sweep(net, fit, self.calib, budgets, config, progress=progress).items()
+                # decision threshold 0.5 (the default): where the shifted predictors' logits cross 0
+                for c in self.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]
 
     def confidence(self, kind: str) -> list[Candidate]:
         """A confidence-threshold baseline over a grid of thresholds set from calibration scores."""

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from leenet.cost import heads_needed, routed_costs
-from leenet.errors import LeenetError
+from leenet.errors import LeenetError, brief
 from leenet.heads import GateConfig, enabled_flags, gate_features, global_pool, make_gates, make_head
 
 
@@ -254,9 +254,8 @@ def _stage_output_shapes(stages: Sequence[nn.Module], example_input: Tensor) -> 
             h = stage(h)
             shapes.append(tuple(h.shape[1:]))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise LeenetError(
-            f"the backbone failed on an input of shape {tuple(example_input.shape)} ({first}): "
+            f"the backbone failed on an input of shape {tuple(example_input.shape)} ({brief(exc)}): "
             "check the image size and channel count the model expects"
         ) from None
     finally:

@@ -21,13 +21,13 @@ from leenet.checkpoint import save_checkpoint
 from leenet.config import RunConfig
 from leenet.compare import versus_thresholds
 from leenet.cost import FLOPS_CONVENTION, CostModel
-from leenet.errors import DataError, LeenetError
+from leenet.errors import DataError, LeenetError, brief
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, find_budget, operating_points
 from leenet.heads import GateConfig
 from leenet.model import ExitNet
 from leenet.policies import CachedOutputs
 from leenet.split import split_backbone
-from leenet.train import (GateTrainConfig, budget_sweep, collect_outputs, fit_gate_sweep, freeze_,
+from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep, freeze_,
                           resolve_precision, train_classifier, train_heads)
 
 # Per dataset: the backbone used when --arch is not given, how long things train, and the
@@ -166,10 +166,12 @@ def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict
 
     with timer.phase("backbone"):
         backbone = _build_backbone(config, arch, spec, zoo).to(device)
-        _check_fits(backbone, arch, spec, device)
+        activations = _check_fits(backbone, arch, spec, device)
         exits = list(config.model.exits or info.default_exits)
         stages = split_backbone(backbone, exits)  # bad exit names fail here, before any training
         epochs = _backbone_epochs(config, defaults)
+        _check_memory(activations, config.data.batch_size, spec.image_size, device,
+                      training=epochs > 0 and not config.model.transfer)
         if epochs > 0:
             precision = resolve_precision(config.train.precision or defaults["precision"], device.type)
             log(f"backbone: training {arch} for {epochs} epochs on {device} in {precision}"
@@ -297,26 +299,66 @@ def _build_backbone(config: RunConfig, arch: str, spec, zoo):
 
 
 @torch.no_grad()
-def _check_fits(backbone, arch: str, spec, device) -> None:
-    """One image through the backbone before any training: wrong sizes fail here, in one line."""
+def _check_fits(backbone, arch: str, spec, device) -> tuple[int, int]:
+    """One image through the backbone before any training: wrong sizes fail here, in one line.
+
+    Returns the number of values the backbone's layers output for that image: their sum and
+    the largest (what :func:`_check_memory` prices).
+    """
     shape = (1, spec.in_channels, spec.image_size, spec.image_size)
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()) if torch.is_tensor(out) else None)
+             for m in backbone.modules() if next(m.children(), None) is None]  # leaf layers
     was_training = backbone.training
     backbone.eval()
     try:
         out = backbone(torch.zeros(shape, device=device))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:160]
         raise DataError(
-            f"{spec.name} images of shape {shape[1:]} do not fit {arch} ({first}): "
+            f"{spec.name} images of shape {shape[1:]} do not fit {arch} ({brief(exc)}): "
             "pick another --arch or set --image-size"
         ) from None
     finally:
         backbone.train(was_training)
+        for hook in hooks:
+            hook.remove()
     if out.dim() != 2 or out.shape[1] != spec.num_classes:
         raise DataError(
             f"{arch} gives outputs of shape {tuple(out.shape[1:])} but {spec.name} has {spec.num_classes} "
             f"classes: pass --num-classes {spec.num_classes}"
         )
+    return sum(sizes), max(sizes, default=0)
+
+
+def _check_memory(activations: tuple[int, int], batch_size: int, image_size: int, device: torch.device,
+                  training: bool) -> None:
+    """Refuse a batch whose activations alone cannot fit in free memory, before the OS kills the run.
+
+    A lower bound, so it never refuses a run that fits: training keeps every layer's output
+    for the backward pass (at least 2 bytes a value, bf16), evaluation at least the largest
+    output and its input. Where free memory cannot be read it checks nothing.
+    """
+    total, largest = activations
+    need = batch_size * 2 * (total if training else 2 * largest)
+    free = available_memory(device)
+    if free is not None and need > free:
+        what = "training the backbone" if training else "running the backbone"
+        raise DataError(
+            f"--batch-size {batch_size} at --image-size {image_size} needs at least {need / 2**30:.1f} GiB for "
+            f"{what} but {device.type} has {free / 2**30:.1f} GiB free: lower --batch-size or --image-size"
+        )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on ``device``: the GPU's free memory, or Linux's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _backbone_epochs(config: RunConfig, defaults: dict) -> int:
@@ -345,7 +387,7 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
     singles, oracle = ev.single_exits(), ev.oracle()
     refs = {"calib_reference": singles[-1].calib.accuracy, "test_reference": singles[-1].test.accuracy}
     results = {
-        "policies": [c.as_dict() for c in [*curve, *_budget_curve(net, ev, calib, bank, gate_cfg, config.progress),
+        "policies": [c.as_dict() for c in [*curve, *_budget_curve(net, ev, bank, gate_cfg, config.progress),
                                            *max_softmax, *entropy, *singles, oracle]],
         # alpha -> the weight of cost in (1 - a)*loss + a*cost it stood for (GateTrainConfig.alpha_units)
         "raw_alphas": {repr(alpha): fit.raw_alpha for alpha, fit in bank.items()},
@@ -375,20 +417,11 @@ def _evaluate(net: ExitNet, calib: CachedOutputs, test: CachedOutputs, bank: dic
     return results, chosen
 
 
-def _budget_curve(net: ExitNet, ev: Evaluator, calib: CachedOutputs, bank: dict, gate_cfg: GateTrainConfig,
-                  progress: bool) -> list:
-    """Budget mode solved every :data:`BUDGET_CURVE_STEP` of cost from the first exit's to the
-    backbone's (method ``leenet_budget``, param = the budget): the curve between the alpha
-    sweep's corners. Only "predict" gates have the predictors to solve it from; else empty."""
+def _budget_curve(net: ExitNet, ev: Evaluator, bank: dict, gate_cfg: GateTrainConfig, progress: bool) -> list:
+    """Budget mode solved every :data:`BUDGET_CURVE_STEP` of cost (:meth:`Evaluator.budget_curve`);
+    only "predict" gates have the predictors to solve it from, else empty."""
     fit = next(iter(bank.values()))
-    if fit.predictors is None:
-        return []
-    first = float(net.cost[0])
-    budgets = [round(first + k * BUDGET_CURVE_STEP, 6) for k in range(int((1.0 - first) / BUDGET_CURVE_STEP) + 1)]
-    return [dataclasses.replace(c, method="leenet_budget")
-            for budget, solved in budget_sweep(net, fit, calib, budgets, gate_cfg, progress=progress).items()
-            # decision threshold 0.5 (the default): where the shifted predictors' logits cross 0
-            for c in ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)]
+    return [] if fit.predictors is None else ev.budget_curve(net, fit, gate_cfg, BUDGET_CURVE_STEP, progress=progress)
 
 
 @torch.no_grad()

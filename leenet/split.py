@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from torch import fx, nn
 
-from leenet.errors import ExitPointError, LeenetError
+from leenet.errors import ExitPointError, LeenetError, brief
 
 _MAX_LISTED = 24  # names shown in an error message before it says "... N more"
 
@@ -190,9 +190,8 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # tracing runs the model's own Python: any failure means "not traceable"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise LeenetError(
-            f"cannot trace {type(model).__name__} with torch.fx ({first}); pass an explicit "
+            f"cannot trace {type(model).__name__} with torch.fx ({brief(exc)}); pass an explicit "
             "list of stages instead of exit point names"
         ) from None
 

@@ -23,7 +23,7 @@ from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as vgg_make_layers
 
 from leenet.archs import DigitsCNN, SmallResNet, VGGCifar, densenet121_cifar, kaiming_init, resnet50_cifar
-from leenet.errors import CheckpointError, LeenetError
+from leenet.errors import CheckpointError, LeenetError, brief
 
 _STATE_KEYS = ("backbone_state", "state_dict", "model_state")  # where dict files nest the weights
 
@@ -311,14 +311,14 @@ def _load_torchvision_weights(arch: str, weights: WeightsEnum) -> nn.Module:
             torch.hub.download_url_to_file(weights.url, str(target), digest[1] if digest else None)
         except (OSError, http.client.HTTPException, RuntimeError) as exc:
             raise LeenetError(
-                f"cannot download {arch} weights {weights.name} ({_reason(exc)}): no network? fetch "
+                f"cannot download {arch} weights {weights.name} ({brief(exc, 100)}): no network? fetch "
                 f"{weights.url} elsewhere and put it in {folder}, where the same --weights finds it"
             ) from None
     try:
         return getattr(torchvision.models, arch)(weights=weights)
     except Exception as exc:  # torch.load raises many types for a damaged file
         raise CheckpointError(
-            f"cached weights {target} are unreadable ({_reason(exc)}): delete the file and retry"
+            f"cached weights {target} are unreadable ({brief(exc, 100)}): delete the file and retry"
         ) from None
 
 
@@ -339,7 +339,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or non-torch files
         raise CheckpointError(
-            f"cannot read weights file {path} ({_reason(exc)}): save it with "
+            f"cannot read weights file {path} ({brief(exc, 100)}): save it with "
             "torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(obj, dict):
@@ -387,9 +387,9 @@ def _load_checked(
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # e.g. sparse or otherwise unusual tensors in the file
-        reason = " ".join(str(exc).split())
-        reason = reason if len(reason) <= 200 else reason[:199] + "…"
-        raise CheckpointError(f"{path} holds tensors {name} cannot load ({reason}): save a plain dense state dict") from None
+        raise CheckpointError(
+            f"{path} holds tensors {name} cannot load ({brief(exc, 200)}): save a plain dense state dict"
+        ) from None
 
 
 def _transfer(
@@ -409,8 +409,3 @@ def _transfer(
         replace_classifier(model, num_classes)
     adapt_first_conv(model, in_channels, pretrained=True)
     return model
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, short enough for a one-line error."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]

@@ -155,6 +155,51 @@ def test_failed_run_leaves_no_empty_run_directory(tmp_path: Path, monkeypatch) -
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_batches_that_cannot_fit_in_memory_fail_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
+    import leenet.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**20)  # 1 MiB free
+    assert main(["run", "--out", str(tmp_path / "big"), *FAST]) == 2
+    captured = capsys.readouterr()
+    assert "GiB for training the backbone" in captured.err and "lower --batch-size or --image-size" in captured.err
+    assert "backbone: training" not in captured.out
+    assert not (tmp_path / "big").exists()
+
+
+def test_memory_estimate(monkeypatch) -> None:
+    """Training prices every layer's output, evaluation the largest one twice, 2 bytes a value."""
+    import leenet.pipeline as pipeline
+
+    cpu = torch.device("cpu")
+    assert (pipeline.available_memory(cpu) or 1) > 0  # MemAvailable read on Linux, None elsewhere
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**30)  # 1 GiB free
+    pipeline._check_memory((2**20, 2**16), 256, 28, cpu, training=True)  # 512 MiB
+    pipeline._check_memory((2**30, 2**20), 128, 28, cpu, training=False)  # 512 MiB: only the largest counts
+    with pytest.raises(LeenetError, match=r"--batch-size 1024 at --image-size 28 needs at least 4\.0 GiB for training"):
+        pipeline._check_memory((2**21, 2**16), 1024, 28, cpu, training=True)
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: None)  # unknown: nothing refused
+    pipeline._check_memory((2**40, 2**40), 1024, 28, cpu, training=True)
+
+
+def test_sigterm_unwinds_through_the_clean_up(tmp_path: Path) -> None:
+    """A run killed by SIGTERM (a scheduler's time limit) leaves no empty directory and exits 143."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "killed"
+    code = ("import sys, leenet.pipeline as p, time\n"
+            "p._run_into = lambda out, *a, **k: (print('started', flush=True), time.sleep(60))\n"
+            "from leenet.cli import main\n"
+            f"sys.exit(main(['run', '--out', {str(out)!r}, '--quiet']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    assert out.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not out.exists()
+
+
 def test_results_written_meanwhile_by_another_run_are_kept(tmp_path: Path, monkeypatch, capsys) -> None:
     """Two runs into one --out: the one that finishes second writes beside the first, never over it."""
     import leenet.pipeline as pipeline

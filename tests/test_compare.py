@@ -525,6 +525,26 @@ def test_budget_sweep_solves_each_budget_from_the_alpha_sweep(tiny_stages, tiny_
         budget_sweep(net, soft, cache, [0.5])
 
 
+def test_budget_curve_is_the_budget_sweep_on_a_grid_of_costs(tiny_stages, tiny_input):
+    """Evaluator.budget_curve: a budget every ``step`` from the first exit's cost to 1, each measured like any gates."""
+    from leenet.evaluate import Evaluator
+    from leenet.train import GateTrainConfig, budget_sweep, fit_gate_sweep
+
+    net, cache = _tiny_cache(tiny_stages, tiny_input)
+    config = GateTrainConfig(objective="predict", loss="error", steps=40)
+    fit = fit_gate_sweep(net, cache, [0.0], config, seed=0)[0.0]
+    ev = Evaluator.of(net, cache, cache)
+    curve = ev.budget_curve(net, fit, config, 0.1)
+    first = float(net.cost[0])
+    grid = [round(first + 0.1 * k, 6) for k in range(len(curve))]
+    assert [c.param for c in curve] == grid and grid[-1] <= 1.0 < grid[-1] + 0.1
+    assert {c.method for c in curve} == {"leenet_budget"}
+    for candidate, (budget, solved) in zip(curve, budget_sweep(net, fit, cache, grid, config).items()):
+        (direct,) = ev.leenet(budget, solved.gates, net.gate_config, calib_probs=solved.calib_probs)
+        assert candidate.calib == direct.calib and candidate.test == direct.test
+        assert candidate.test.cost <= budget + 1e-6  # test split = calibration split here
+
+
 def test_versus_thresholds_compares_each_leenet_curve_with_the_merged_baselines():
     from leenet.compare import GAP_TOL, envelope_gap, versus_thresholds
 

@@ -21,7 +21,7 @@ import torch
 
 from leenet.datasets.download import default_dir
 from leenet.datasets.memory import ArrayData, Augment
-from leenet.errors import DataError
+from leenet.errors import DataError, brief
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core
     from numpy._core import multiarray as _multiarray
@@ -87,8 +87,7 @@ def unpickle(data: bytes, source: str) -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # any decoding failure means the file is not a CIFAR pickle
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{source} is not a readable CIFAR pickle ({reason}): replace it "
+        raise DataError(f"{source} is not a readable CIFAR pickle ({brief(exc)}): replace it "
                         f"with the original file, or delete it and add --download") from exc
     if not isinstance(obj, dict):
         raise DataError(f"{source} holds a {type(obj).__name__}, not a CIFAR dict: replace it "
