@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -59,12 +60,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: pass the model.pt of a finished run")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({brief(exc, 120)}): rerun `leenet run`"
-        ) from None
+    payload = load_tensors(path, "checkpoint", "pass the model.pt of a finished run, or rerun `leenet run`")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a LEENet checkpoint (a plain state dict? load it as a backbone with --weights)"
@@ -130,3 +126,30 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
             f"{path} does not fit the model it describes ({brief(exc)}): it was written for "
             "another backbone; pass the matching --arch/backbone"
         ) from None
+
+
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy pickle format
+
+
+def load_tensors(path: Path, what: str, fix: str):
+    """``torch.load`` of tensors only (``weights_only``: no pickled code runs), or a one-line
+    :class:`CheckpointError` saying why the ``what`` file cannot be read, then ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise CheckpointError(f"{what} {path} {_unreadable(path, exc)}: {fix}") from None
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words: not a torch file, more than tensors, or damaged."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        return f"cannot be read ({brief(error, 120)})"
+    if not head.startswith(_TORCH_MAGIC):
+        return f"is not a PyTorch file (torch.save writes a zip archive; this one starts with {head!r})"
+    pickled = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if pickled:
+        return f"holds a pickled {pickled[1]}, not only tensors (LEENet runs no pickled code)"
+    return f"is damaged ({brief(exc, 120)})"

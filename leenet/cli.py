@@ -14,7 +14,7 @@ from pathlib import Path
 from leenet.errors import LeenetError
 
 EPILOG = """examples:
-  leenet run                                   # digits + small CNN, ~2 min on 2 CPU cores
+  leenet run                                   # digits + small CNN, about 30 s on 2 idle CPU cores
   leenet run --dataset fashion-mnist --epochs 15 --out runs/fmnist
   leenet run --dataset cifar10 --arch resnet50_cifar --data-dir ~/data --download
   leenet run --max-drop 0.005                  # cheapest policy losing <= 0.5 accuracy points
@@ -24,6 +24,14 @@ EPILOG = """examples:
 
 
 REPORT_KEYS = ("exits", "backbone", "policies")  # what `leenet report` cannot draw without
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error, pointing at the help instead of
+    printing the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -36,9 +44,10 @@ def _positive_int(text: str) -> int:
 def _add_run_parser(sub) -> None:
     p = sub.add_parser(
         "run", help="train exits and gates, evaluate against baselines, write a run directory",
-        description="Turn a classifier into an early-exit network with a learned exit policy, "
-        "compare it with confidence thresholds, single exits and the oracle, and write "
-        "model.pt, results.json, config.json and report.html into a run directory.",
+        description="Turn a classifier into an early-exit network with a learned exit policy, compare it\n"
+        "with confidence thresholds, single exits and the oracle, and write model.pt,\n"
+        "results.json, config.json and report.html into a run directory. Options left out take\n"
+        "the dataset's defaults (e.g. digits: digits_cnn, 40 backbone epochs, flatten heads).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
     )
     d = p.add_argument_group("data")
@@ -51,7 +60,8 @@ def _add_run_parser(sub) -> None:
                    "images held out to train gates and pick thresholds (default 0.2)")
     d.add_argument("--image-size", type=int, help="resize images to this (default: the dataset's size for "
                    "small backbones, 224 for ImageNet backbones)")
-    d.add_argument("--batch-size", type=int, default=128, help="batch size for training and evaluation")
+    d.add_argument("--batch-size", type=int, default=128, help="batch size for training and evaluation "
+                   "(default 128)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", help="backbone name (see `leenet backbones`; default depends on the dataset)")
     m.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1; needs internet) or a "
@@ -73,14 +83,16 @@ def _add_run_parser(sub) -> None:
                    help="gates also see their exit's class probabilities and predicted class: how far a "
                         "confidence can be trusted depends on the class (default: on for fashion-mnist)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_positive_int, help="backbone epochs (default per dataset; 0 = use weights as is)")
+    t.add_argument("--epochs", type=_positive_int, help="backbone epochs (default: 40 on digits, 24 on fashion-mnist, "
+                   "30 on cifar, 20 on imagenette and folder; with --weights 0, which keeps them as they are)")
     t.add_argument("--lr", type=float, help="backbone peak learning rate, SGD one-cycle (default per dataset: "
                    "0.1 on fashion-mnist, else 0.05)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="backbone training arithmetic: bf16 = bfloat16 autocast + channels-last (about 1.9x "
                         "faster on CPUs with AVX512-BF16 and on recent GPUs); auto = bf16 where the device "
                         "computes it natively, else fp32 (default: fp32 on digits, auto elsewhere)")
-    t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default per dataset)")
+    t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default: 30 on digits, 6 on "
+                   "fashion-mnist, 5 elsewhere)")
     t.add_argument("--objective", choices=["soft", "hard", "predict"],
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
@@ -101,7 +113,8 @@ def _add_run_parser(sub) -> None:
                         "calibration split (first exit to backbone), so a uniform sweep spreads over the whole "
                         "trade-off; raw: (1-alpha)*loss + alpha*cost as written")
     p_ = p.add_argument_group("policy")
-    p_.add_argument("--alphas", default="0:1:0.05", help="alphas to sweep: a list 0,0.1,0.5 or start:stop:step")
+    p_.add_argument("--alphas", default="0:1:0.05", help="alphas to sweep: a list 0,0.1,0.5 or start:stop:step "
+                    "(default 0:1:0.05, 21 alphas)")
     p_.add_argument("--alpha", type=float, help="alpha whose gates model.pt keeps (default: the cheapest "
                     "within 0.5 pt of the backbone on calibration)")
     p_.add_argument("--target-cost", type=float, help="budget: mean cost <= C of the backbone's FLOPs (e.g. 0.5)")
@@ -111,8 +124,10 @@ def _add_run_parser(sub) -> None:
                          "data (default 1.5: about 85%% of budgets at the edge hold; 0 = none, 2.5 = surer but "
                          "dearer); also used for the report's operating points")
     o = p.add_argument_group("run")
-    o.add_argument("--seed", type=int, default=0, help="random seed")
-    o.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to compute")
+    o.add_argument("--seed", type=int, default=0, help="seeds the calibration split, initialization and training "
+                   "(default 0)")
+    o.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute (default auto: cuda when available)")
     o.add_argument("--out", help="run directory (default runs/<dataset>-<arch>-<time>)")
     o.add_argument("--overwrite", action="store_true", help="allow replacing the results in --out")
     o.add_argument("--no-timing", action="store_true", help="skip the wall-clock measurement")
@@ -120,18 +135,25 @@ def _add_run_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="leenet", description="LEENet: early-exit networks with a learned exit policy.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_parser(sub)
-    sub.add_parser("backbones", help="list the backbones in the registry with their default exits")
-    sub.add_parser("datasets", help="list the datasets LEENet can load")
-    e = sub.add_parser("exits", help="list the valid exit points of a backbone")
-    e.add_argument("--arch", required=True, help="backbone name")
-    r = sub.add_parser("report", help="re-render report.html from a run directory's results.json")
-    r.add_argument("run_dir", help="a run directory")
+    sub.add_parser("backbones", help="list the backbones in the registry with their default exits",
+                   description="List the registered backbones: what each is, its multiply-adds at its native "
+                   "input size, and the exits used when --exits is not given.")
+    sub.add_parser("datasets", help="list the datasets LEENet can load",
+                   description="List the datasets `leenet run --dataset` accepts, with their sizes.")
+    e = sub.add_parser("exits", help="list the valid exit points of a backbone",
+                       description="List where a backbone can be cut into stages: the names --exits accepts, one "
+                       "per cut, in execution order.")
+    e.add_argument("--arch", required=True, help="backbone name (see `leenet backbones`)")
+    r = sub.add_parser("report", help="re-render report.html from a run directory's results.json",
+                       description="Redraw report.html and its plots from the results.json of a finished run "
+                       "(after an update of LEENet, or when drawing failed during the run).")
+    r.add_argument("run_dir", help="the run directory holding results.json (e.g. runs/digits-digits_cnn-...)")
     return parser
 
 
@@ -178,24 +200,28 @@ def _dispatch(args: argparse.Namespace) -> None:
         results = run(run_config_from_args(args), log=lambda m: print(m, file=sys.stderr))
         print(summary_table(results))
         if "budget" in results:
-            print(("budget: " if results["budget"]["reachable"] else "budget UNREACHABLE: ")
-                  + results["budget"]["message"])
+            print("budget: " + results["budget"]["message"])
     elif args.command == "backbones":
         from leenet.zoo import BACKBONES
 
         for name, info in BACKBONES.items():
-            print(f"{name:20s} exits {','.join(info.default_exits):45s} {info.description}")
+            print(f"{name:18s} {info.description}\n{'':18s} default exits: {','.join(info.default_exits)}")
     elif args.command == "datasets":
-        from leenet.data import dataset_names
+        from leenet.data import DATASETS
 
-        print("\n".join(dataset_names()))
+        for name, entry in DATASETS.items():
+            print(f"{name:14s} {entry.description}")
     elif args.command == "exits":
-        from leenet.split import valid_exit_points
+        from leenet.split import describe_exit_points
         from leenet.zoo import build_backbone, get_backbone_info
 
         info = get_backbone_info(args.arch)
         print(f"default: {','.join(info.default_exits)}")
-        print("valid:   " + ", ".join(valid_exit_points(build_backbone(args.arch, num_classes=10))))
+        listing, same = describe_exit_points(build_backbone(args.arch, num_classes=10))
+        print(f"valid:   {listing}")
+        print("(one name per cut, in execution order; a..b: the numbered modules from a to b"
+              + (f"; a block ends where its last child does, so {same[0]} and {same[1]} are the same cut)" if same
+                 else ")"))
     elif args.command == "report":
         from leenet.report import write_report
 

@@ -126,6 +126,9 @@ class RunConfig:
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise LeenetError(f"--max-drop must be a fraction in [0, 1) (0.005 = 0.5 points), got {self.max_drop}")
         check_margin(self.budget_margin)
+        if self.train.epochs == 0 and self.model.weights is None:
+            raise LeenetError("--epochs 0 keeps the backbone as it is, which needs --weights (a file or a torchvision "
+                              "weights name): without them it would be untrained; drop --epochs 0 to train it here")
         if self.device not in DEVICES:
             raise LeenetError(f"unknown device '{self.device}' (valid: {', '.join(DEVICES)})")
 

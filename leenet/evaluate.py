@@ -243,6 +243,23 @@ def check_margin(margin: float) -> float:
     return margin
 
 
+def _unreachable(candidates: list[Candidate], kind: str, target: float, calib_reference: float,
+                 margin: float) -> str:
+    """Why no candidate meets a budget on calibration, leading with the figure that binds, and what to change."""
+    relax = ", lower --budget-margin" if margin > 0 else ""
+    if kind == "target_cost":
+        cheapest = min(candidates, key=lambda c: c.calib.cost + margin * c.calib.cost_stderr).calib
+        slack = f" ({cheapest.cost + margin * cheapest.cost_stderr:.3f} with {margin:g} standard errors of slack)"
+        return (f"UNREACHABLE on the calibration split: the cheapest LEENet setting costs {cheapest.cost:.3f} of the "
+                f"backbone's FLOPs there{slack if margin > 0 else ''}, more than {target:g}; raise --target-cost"
+                f"{relax} or add an earlier exit")
+    best = max(candidates, key=lambda c: c.calib.accuracy - margin * c.calib.drop_stderr).calib
+    slack = f" ({best.accuracy - margin * best.drop_stderr:.2%} with {margin:g} standard errors of slack)"
+    return (f"UNREACHABLE on the calibration split: the most accurate LEENet setting reaches {best.accuracy:.2%} "
+            f"there{slack if margin > 0 else ''}, against the backbone's {calib_reference:.2%} on the same split: "
+            f"more than {100 * target:g} pt below it; raise --max-drop{relax} or use stronger exit heads")
+
+
 def find_budget(
     candidates: list[Candidate], *, target_cost: float | None = None, max_drop: float | None = None,
     calib_reference: float, test_reference: float, margin: float = BUDGET_MARGIN,
@@ -271,14 +288,7 @@ def find_budget(
         kind, target = "max_drop", max_drop
     budget = {"kind": kind, "target": target, "margin": margin, "reachable": chosen is not None}
     if chosen is None:
-        cheapest = min(c.calib.cost for c in candidates)
-        best = max(c.calib.accuracy for c in candidates)
-        budget["message"] = (
-            f"unreachable on the calibration split: the cheapest LEENet setting costs {cheapest:.3f} "
-            f"and the most accurate reaches {best:.2%} (backbone {calib_reference:.2%}), before "
-            f"{margin:g} standard errors of slack; relax the budget or --budget-margin, add earlier exits "
-            "or use stronger heads"
-        )
+        budget["message"] = _unreachable(candidates, kind, target, calib_reference, margin)
         return budget
     held = (held_on_test(chosen, max_cost=target) if kind == "target_cost"
             else held_on_test(chosen, max_drop=target, test_reference=test_reference))

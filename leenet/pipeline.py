@@ -174,7 +174,7 @@ def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict
                       training=epochs > 0 and not config.model.transfer)
         if epochs > 0:
             precision = resolve_precision(config.train.precision or defaults["precision"], device.type)
-            log(f"backbone: training {arch} for {epochs} epochs on {device} in {precision}"
+            log(f"backbone: training {arch} for {epochs} epoch{'s' * (epochs != 1)} on {device} in {precision}"
                 + (" (classifier only)" if config.model.transfer else ""))
             _train_backbone(backbone, loader(splits.train, True), epochs, config, defaults, device, zoo, precision)
         freeze_(backbone)

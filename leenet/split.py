@@ -111,17 +111,16 @@ class _Traced:
             )
         return pos
 
-    def readable_valid(self) -> str:
-        """The valid exit points, one per cut (the shallowest name), runs compressed."""
+    def readable_valid(self, limit: int | None = _MAX_LISTED) -> str:
+        """The valid exit points, one per cut (the shallowest name), runs compressed; at most ``limit``."""
         shallowest: dict[int, str] = {}
         for name in self.valid:
             pos = self.position[name]
-            if pos not in shallowest or name.count(".") < shallowest[pos].count("."):
+            if pos not in shallowest or _depth(name) < _depth(shallowest[pos]):
                 shallowest[pos] = name
         items = _compress_runs([shallowest[p] for p in sorted(shallowest)])
-        if len(items) > _MAX_LISTED:
-            more = len(items) - _MAX_LISTED
-            items = [*items[:_MAX_LISTED], f"... {more} more (see leenet.split.valid_exit_points)"]
+        if limit is not None and len(items) > limit:
+            items = [*items[:limit], f"... {len(items) - limit} more (see `leenet exits --arch NAME`)"]
         return ", ".join(items) if items else "none (pass an explicit list of stages instead)"
 
 
@@ -144,6 +143,22 @@ def valid_exit_points(model: nn.Module) -> list[str]:
         LeenetError: the model cannot be traced.
     """
     return list(_Traced(model).valid)
+
+
+def describe_exit_points(model: nn.Module) -> tuple[str, tuple[str, str] | None]:
+    """Every cut of ``model`` once, by its shallowest name, numbered runs compressed
+    (``block3.0..block3.4``): what ``leenet exits`` prints. Also one pair of names that cut at
+    the same place (a block and its last child, ``("block1", "block1.2")``), or None."""
+    traced = _Traced(model)
+    by_cut: dict[int, list[str]] = {}
+    for name in traced.valid:
+        by_cut.setdefault(traced.position[name], []).append(name)
+    same = next(((min(n, key=_depth), max(n, key=_depth)) for n in by_cut.values() if len(n) > 1), None)
+    return traced.readable_valid(limit=None), same
+
+
+def _depth(name: str) -> int:
+    return name.count(".")
 
 
 def split_backbone(model: nn.Module, exit_points: Sequence[str]) -> list[nn.Module]:

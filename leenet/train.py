@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -77,8 +78,11 @@ def freeze_(module: nn.Module) -> nn.Module:
     return module
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+def _progress(iterable, total: int | None, desc: str, enabled: bool):
+    """A transient progress bar; none when disabled, or when stderr is a file rather than a
+    terminal or a notebook (a log would keep a bar's first frame, "0/9", of every fast epoch)."""
+    shown = enabled and (getattr(sys.stderr, "isatty", bool)() or "ipykernel" in sys.modules)
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not shown, dynamic_ncols=True)
 
 
 def _check_loss(loss: Tensor, what: str) -> None:
@@ -238,7 +242,9 @@ def collect_outputs(
     was_training = net.training
     net.eval()
     logits, pooled, labels = [], [], []
-    for x, y in _progress(batches, total or 0, desc, progress):
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)
+    for x, y in _progress(batches, total, desc, progress):
         out = net.forward_all(x.to(device, non_blocking=True))
         logits.append(out.logits.float().cpu())
         pooled.append([p.float().cpu() for p in out.pooled])

@@ -23,6 +23,7 @@ from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as vgg_make_layers
 
 from leenet.archs import DigitsCNN, SmallResNet, VGGCifar, densenet121_cifar, kaiming_init, resnet50_cifar
+from leenet.checkpoint import load_tensors
 from leenet.errors import CheckpointError, LeenetError, brief
 
 _STATE_KEYS = ("backbone_state", "state_dict", "model_state")  # where dict files nest the weights
@@ -118,17 +119,17 @@ BACKBONES: dict[str, BackboneInfo] = _registry(
     BackboneInfo(
         "vgg11_bn_cifar", functools.partial(VGGCifar, batch_norm=True), _vgg_exits(True), input_size=32,
         imagenet_normalization=False, weights_enum=None,
-        description="VGG-11-BN features, global pool, linear, for 32 px",
+        description="VGG-11-BN features, global pool, linear, for 32 px, 153 M MACs",
     ),
     BackboneInfo(
         "vgg11_cifar", functools.partial(VGGCifar, batch_norm=False), _vgg_exits(False), input_size=32,
         imagenet_normalization=False, weights_enum=None,
-        description="VGG-11 features, global pool, linear, for 32 px",
+        description="VGG-11 features, global pool, linear, for 32 px, 153 M MACs",
     ),
     BackboneInfo(
         "densenet121_cifar", densenet121_cifar, _DENSENET_EXITS, input_size=32,
         imagenet_normalization=False, weights_enum=None,
-        description="DenseNet-121, 3x3 stride-1 stem, no max-pool, for 32 px",
+        description="DenseNet-121, 3x3 stride-1 stem, no max-pool, for 32 px, 0.89 G MACs",
     ),
 )
 
@@ -335,13 +336,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"weights file {path} is a directory: pass the state-dict file inside it")
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found: pass an existing state-dict file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or non-torch files
-        raise CheckpointError(
-            f"cannot read weights file {path} ({brief(exc, 100)}): save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
+    obj = load_tensors(path, "weights file", "save the weights with torch.save(model.state_dict(), path)")
     if isinstance(obj, dict):
         obj = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -128,7 +128,18 @@ BAD_INPUTS = [
     (["--lr", "1e300"], "--lr"),
     (["--gate-hidden", "100000000"], "--gate-hidden"),
     (["--image-size", "0"], "--image-size"),
+    (["--epochs", "0"], "needs --weights"),  # would keep an untrained backbone
+    (["--data-dir", "/tmp"], "would be ignored"),  # digits reads no files
 ]
+
+
+@pytest.mark.parametrize("args", [["run", "--epochs", "-3"], ["run", "--head", "bogus"], ["bogus"], ["exits"]])
+def test_argument_errors_are_one_line_too(args: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and "--help`)" in err
 
 
 @pytest.mark.parametrize(("args", "hint"), BAD_INPUTS)
@@ -311,10 +322,31 @@ def test_help_teaches(capsys) -> None:
     assert "examples:" in text
 
 
+def test_help_states_the_dataset_defaults_the_pipeline_uses() -> None:
+    """The per-dataset defaults are written into --help (importing the pipeline there would slow it): keep them true."""
+    from leenet.pipeline import DATASET_DEFAULTS
+
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("run"))
+    helps = {a.dest: " ".join(a.help.split()) for a in run._actions if a.help}
+    for dataset, key in (("digits", "digits"), ("fashion-mnist", "fashion-mnist"), ("cifar10", "cifar"),
+                         ("imagenette", "imagenette")):
+        assert f"{DATASET_DEFAULTS[dataset]['epochs']} on {key}" in helps["epochs"], dataset
+    assert f"{DATASET_DEFAULTS['digits']['head_epochs']} on digits" in helps["head_epochs"]
+    assert f"{DATASET_DEFAULTS['fashion-mnist']['head_epochs']} on fashion-mnist" in helps["head_epochs"]
+    assert {DATASET_DEFAULTS[d]["head_epochs"] for d in ("cifar10", "cifar100", "imagenette", "folder")} == {5}
+    assert DATASET_DEFAULTS["folder"]["epochs"] == DATASET_DEFAULTS["imagenette"]["epochs"]
+    assert DATASET_DEFAULTS["cifar100"]["epochs"] == DATASET_DEFAULTS["cifar10"]["epochs"]
+
+
 def test_listings(capsys) -> None:
     assert main(["backbones"]) == 0 and "resnet50" in capsys.readouterr().out
     assert main(["datasets"]) == 0 and "fashion-mnist" in capsys.readouterr().out
-    assert main(["exits", "--arch", "digits_cnn"]) == 0 and "block1" in capsys.readouterr().out
+    assert main(["exits", "--arch", "digits_cnn"]) == 0
+    valid = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("valid:"))
+    # one name per cut, in execution order: block1 and its last child block1.2 end at the same place
+    assert valid.split()[1:4] == ["block1.0..block1.1,", "block1,", "block2.0..block2.2,"] and "block1.2" not in valid
+    assert main(["backbones"]) == 0 and "default exits: block1,block2" in capsys.readouterr().out
+    assert main(["datasets"]) == 0 and "no files needed" in capsys.readouterr().out
 
 
 def test_gate_options_override_the_dataset_defaults(tmp_path: Path) -> None:

@@ -186,8 +186,16 @@ def test_unreadable_weights_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         build_backbone("digits_cnn", num_classes=10, weights=tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="cannot read weights file"):
+    with pytest.raises(CheckpointError, match=r"weights file .*junk.pt is not a PyTorch file .* starts with b'not '"):
         build_backbone("digits_cnn", num_classes=10, weights=tmp_path / "junk.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "pickled.pt")  # a whole module, not its state dict
+    with pytest.raises(CheckpointError, match=r"holds a pickled torch.nn.modules.linear.Linear, not only tensors.*"
+                                              r"model.state_dict\(\)"):
+        build_backbone("digits_cnn", num_classes=10, weights=tmp_path / "pickled.pt")
+    whole = (tmp_path / "pickled.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])  # a torch archive cut short
+    with pytest.raises(CheckpointError, match=r"cut.pt is damaged \(PytorchStreamReader failed"):
+        build_backbone("digits_cnn", num_classes=10, weights=tmp_path / "cut.pt")
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nostate.pt")
     with pytest.raises(CheckpointError, match=r"holds no state dict \(found: epoch, lr\)"):
         build_backbone("digits_cnn", num_classes=10, weights=tmp_path / "nostate.pt")
@@ -269,3 +277,17 @@ def test_default_exits_are_valid_exit_points() -> None:
             assert set(get_backbone_info(name).default_exits) <= set(valid_exit_points(model)), name
     with pytest.raises(ExitPointError, match="features.denseblock1"):
         split_backbone(model, ["features.denseblock1.denselayer2"])
+
+
+def test_every_backbone_description_states_its_measured_macs() -> None:
+    """`leenet backbones` quotes each network's multiply-adds at its native size: they must be the counted ones."""
+    import re
+
+    for name, info in BACKBONES.items():
+        found = re.search(r"([\d.]+) ([MG]) MACs", info.description)
+        assert found, f"{name}: no MACs in {info.description!r}"
+        stated = float(found.group(1)) * (1e6 if found.group(2) == "M" else 1e9)
+        channels = 1 if name in ("digits_cnn", "small_resnet") else 3
+        x = torch.zeros(1, channels, info.input_size, info.input_size)
+        measured = _macs(build_backbone(name, num_classes=10, in_channels=channels).eval(), x)
+        assert stated == pytest.approx(measured, rel=0.06), name  # 1000-class heads add ~0.05 % at 224 px

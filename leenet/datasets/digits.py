@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from leenet.datasets.memory import ArrayData, Augment
+from leenet.errors import DataError
 
 TEST_FRACTION = 0.2  # digits has no official test split: a fixed stratified fifth plays it
 TEST_SEED = 0  # fixed, independent of the run's seed, so the test set never moves
@@ -21,13 +22,18 @@ def read_digits(data_dir: Path | None = None, download: bool = False) -> ArrayDa
     """Load the 1797 digits (values 0..16) with a fixed stratified 20 % test split.
 
     Args:
-        data_dir: ignored; the data ships with scikit-learn.
-        download: ignored.
+        data_dir: must be None: the data ships with scikit-learn (a folder given here would
+            be ignored, so it is refused rather than silently unused).
+        download: ignored (nothing to download).
 
     Returns:
         The train (1437) and test (360) images, uint8 ``(N, 1, 8, 8)`` with
         ``value_max=16``. Augmentation is a ±1 px shift only: digits are not mirror-invariant.
     """
+    if data_dir is not None:
+        raise DataError(f"digits ships inside scikit-learn and reads no files, so --data-dir {data_dir} would be "
+                        "ignored: drop it, or pick a dataset that reads one (fashion-mnist, cifar10, cifar100, "
+                        "imagenette, folder)")
     bunch = load_digits()
     images = np.asarray(bunch.images, dtype=np.uint8)[:, None]  # (N, 1, 8, 8), 0..16
     labels = np.asarray(bunch.target, dtype=np.int64)
