@@ -172,8 +172,10 @@ def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict
         epochs = _backbone_epochs(config, defaults)
         _check_memory(activations, config.data.batch_size, spec.image_size, device,
                       training=epochs > 0 and not config.model.transfer)
+        trained = {"epochs": epochs, "lr": None, "precision": None, "transfer": config.model.transfer}
         if epochs > 0:
             precision = resolve_precision(config.train.precision or defaults["precision"], device.type)
+            trained.update(lr=config.train.lr or defaults["lr"], precision=precision)
             log(f"backbone: training {arch} for {epochs} epoch{'s' * (epochs != 1)} on {device} in {precision}"
                 + (" (classifier only)" if config.model.transfer else ""))
             _train_backbone(backbone, loader(splits.train, True), epochs, config, defaults, device, zoo, precision)
@@ -222,6 +224,9 @@ def _run_into(out: Path, config: RunConfig, device: torch.device, defaults: dict
         log(speed_line(results["wall_clock"]))
 
     results.update(_describe(config, arch, spec, splits, net, test, exits))
+    # what the run resolved where the config said None (a dataset default): the report shows these
+    results["backbone"]["training"] = trained
+    results["heads"] = {"kind": head, "epochs": head_epochs, "lr": config.train.head_lr}
     results["timings"] = timer.seconds
     if (out / "results.json").exists() and not config.overwrite:  # another run finished there meanwhile
         taken, out = out, _claim_dir(out)

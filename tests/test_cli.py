@@ -47,6 +47,9 @@ def test_results_schema(digits_run: Path) -> None:
     assert alphas == [0.0, 0.25, 0.5, 1.0]
     assert {"backbone", "heads", "gates", "evaluate"} <= results["timings"].keys()
     assert "multiply-adds" in results["flops_convention"]
+    # the settings the run resolved where it used a dataset default (FAST sets 12 epochs and 5 head epochs)
+    assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False}
+    assert results["heads"] == {"kind": "flatten", "epochs": 5, "lr": 2e-3}
 
 
 def test_routed_inference_matches_the_simulated_policy(digits_run: Path) -> None:
