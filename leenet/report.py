@@ -100,14 +100,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _curve(ax: Axes, points: list[dict], label: str, color: str, markers: bool, dashed: bool = False) -> None:
+def _curve(ax: Axes, points: list[dict], label: str, color: str, markers: bool, ls: str = "-") -> None:
     """One accuracy-vs-cost line, with a ±std band and (with markers) error bars when present."""
     x = np.array([p["cost"] for p in points])
     y = np.array([100 * p["accuracy"] for p in points])
     sy = np.array([100 * p.get("accuracy_std", 0.0) for p in points])
     sx = np.array([p.get("cost_std", 0.0) for p in points])
     ax.plot(x, y, color=color, lw=2.2 if markers else 1.6, marker="o" if markers else None, ms=5, label=label,
-            ls="--" if dashed else "-", zorder=4 if markers else 3)
+            ls=ls, zorder=4 if markers else 3)
     if sy.any():
         ax.fill_between(x, y - sy, y + sy, color=color, alpha=0.15, lw=0, zorder=2)
     if markers and (sy.any() or sx.any()):
@@ -149,9 +149,10 @@ def _draw_tradeoff(ax: Axes, results: dict) -> None:
     for p in [p for p in results["policies"] if p.get("method") == "leenet" and p not in main]:
         ax.scatter(p["cost"], 100 * p["accuracy"], s=9, color=CURVES["leenet"][1], alpha=0.25, zorder=2,
                    label="LEENet, other gate thresholds")
-    for method in ("max_softmax", "entropy", "leenet_budget", "leenet"):
+    # the two threshold baselines often coincide: entropy dash-dotted under max-softmax, so both stay visible
+    for method, ls in (("entropy", "-."), ("max_softmax", "-"), ("leenet_budget", "--"), ("leenet", "-")):
         if points := _policies(results, method):
-            _curve(ax, points, *CURVES[method], markers=method == "leenet", dashed=method == "leenet_budget")
+            _curve(ax, points, *CURVES[method], markers=method == "leenet", ls=ls)
     acc = 100 * results["backbone"]["accuracy"]
     for e in results["exits"]:
         ax.scatter(e["cost"], 100 * e["accuracy"], marker="s", s=40, color="#626567", zorder=5, label="single exit")
