@@ -313,7 +313,8 @@ def _check_fits(backbone, arch: str, spec, device) -> tuple[int, int]:
     shape = (1, spec.in_channels, spec.image_size, spec.image_size)
     sizes: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()) if torch.is_tensor(out) else None)
-             for m in backbone.modules() if next(m.children(), None) is None]  # leaf layers
+             for m in backbone.modules()  # leaf layers; in-place ones (ReLU(inplace=True)) reuse their input's memory
+             if next(m.children(), None) is None and not getattr(m, "inplace", False)]
     was_training = backbone.training
     backbone.eval()
     try:
@@ -339,9 +340,10 @@ def _check_memory(activations: tuple[int, int], batch_size: int, image_size: int
                   training: bool) -> None:
     """Refuse a batch whose activations alone cannot fit in free memory, before the OS kills the run.
 
-    A lower bound, so it never refuses a run that fits: training keeps every layer's output
-    for the backward pass (at least 2 bytes a value, bf16), evaluation at least the largest
-    output and its input. Where free memory cannot be read it checks nothing.
+    Meant to stay below the true need, so that it refuses only runs that cannot fit: training
+    keeps every layer's output for the backward pass (priced at 2 bytes a value, bf16's, where
+    fp32 keeps 4; weights, gradients and workspace not counted), evaluation at least the
+    largest output and its input. Where free memory cannot be read it checks nothing.
     """
     total, largest = activations
     need = batch_size * 2 * (total if training else 2 * largest)
