@@ -105,19 +105,19 @@ def dataset_names() -> list[str]:
 
 def _calib_count(calib_size: int | float, n: int) -> int:
     if isinstance(calib_size, bool) or not isinstance(calib_size, numbers.Real):
-        raise DataError(f"calib_size={calib_size!r} must be a sample count or a fraction in (0, 1)")
+        raise DataError(f"calib_size (--calib-size) {calib_size!r} must be a sample count or a fraction in (0, 1)")
     if isinstance(calib_size, numbers.Integral):
         count = int(calib_size)
     elif 0 < calib_size < 1:
         count = round(float(calib_size) * n)
     else:
-        raise DataError(f"calib_size={calib_size} must be a fraction in (0, 1) "
+        raise DataError(f"calib_size (--calib-size) {calib_size} must be a fraction in (0, 1) "
                         f"or a whole number of samples in 1..{n - 1}")
     if n < 3:
         raise DataError(f"the training data has {n} sample(s): at least 3 are needed (2 to train on, "
                         f"1 to calibrate); use a larger dataset")
     if not 1 <= count <= n - 2:
-        raise DataError(f"calib_size={calib_size} holds out {count} of the {n} training samples: "
+        raise DataError(f"calib_size (--calib-size) {calib_size} holds out {count} of the {n} training samples: "
                         f"choose 1..{n - 2} samples or a fraction that leaves at least 2 to train on")
     return count
 
