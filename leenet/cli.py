@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from leenet.errors import LeenetError
+from leenet.errors import LeenetError, brief
 
 EPILOG = """examples:
   leenet run                                   # digits + small CNN, about 30 s on 2 idle CPU cores
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_unwinds():
             _dispatch(args)
     except LeenetError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever a wrapped library's reason held
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {brief(exc, limit=None)}", file=sys.stderr)  # one line, whatever a wrapped reason held
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

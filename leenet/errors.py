@@ -1,11 +1,11 @@
 """The one exception type users see: a problem with their input, with the fix in its text."""
 
 
-def brief(exc: BaseException, limit: int = 160) -> str:
-    """A library exception's message on one line and at most ``limit`` characters, to quote
-    inside a :class:`LeenetError` (torch's and tarfile's reasons span several lines)."""
+def brief(exc: BaseException, limit: int | None = 160) -> str:
+    """An exception's message on one line and at most ``limit`` characters (None: any length),
+    to quote inside a :class:`LeenetError` (torch's and tarfile's reasons span several lines)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
 
 
 class LeenetError(Exception):

@@ -429,13 +429,12 @@ def summary_table(results: dict) -> str:
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     table = "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
-    return table + "\n\n" + "\n".join(_summary_notes(results))
+    return table + "\n\n" + "\n".join(_summary_notes(results, shown=sum(r[0] == "leenet" for r in rows)))
 
 
-def _summary_notes(results: dict) -> list[str]:
-    """What the summary's rows are: which alphas, which thresholds, what the star marks."""
+def _summary_notes(results: dict, shown: int) -> list[str]:
+    """What the summary's rows are: which alphas (``shown`` of them), which thresholds, what the star marks."""
     selected, leenet = results.get("selected"), _policies(results, "leenet")
-    shown = len(_subsample(leenet, MAX_ROWS, selected))
     notes = [f"test split; cost = mean share of the backbone's FLOPs; leenet: {shown} of {len(leenet)} alphas"
              + (f" at gate threshold {_param(leenet[0]['threshold'])}" if leenet and "threshold" in leenet[0] else "")]
     notes.append("max_softmax, entropy: each baseline's most accurate threshold at about the "
@@ -538,9 +537,12 @@ def _operating_points(results: dict) -> str:
     seeds = len(results["seeds"]) if isinstance(results.get("seeds"), list) else None  # a multi-seed benchmark
     for p in points:
         prev = groups[-1][-1] if groups else None
-        same = prev is not None and p.get("method") == prev.get("method") and (
-            _same(p, prev) and p.get("threshold") == prev.get("threshold") if p.get("reachable", True)
-            else not prev.get("reachable", True))
+        if prev is None:
+            same = False
+        elif p.get("reachable", True):
+            same = _same(p, prev)  # method, param and gate threshold
+        else:
+            same = p.get("method") == prev.get("method") and not prev.get("reachable", True)
         if same and _held(p, seeds) == _held(prev, seeds):
             groups[-1].append(p)
         else:

@@ -111,14 +111,16 @@ class _Traced:
             )
         return pos
 
+    def cuts(self) -> list[list[str]]:
+        """The valid exit points grouped by the place they cut, in execution order."""
+        by_cut: dict[int, list[str]] = {}
+        for name in self.valid:
+            by_cut.setdefault(self.position[name], []).append(name)
+        return [by_cut[pos] for pos in sorted(by_cut)]
+
     def readable_valid(self, limit: int | None = _MAX_LISTED) -> str:
         """The valid exit points, one per cut (the shallowest name), runs compressed; at most ``limit``."""
-        shallowest: dict[int, str] = {}
-        for name in self.valid:
-            pos = self.position[name]
-            if pos not in shallowest or _depth(name) < _depth(shallowest[pos]):
-                shallowest[pos] = name
-        items = _compress_runs([shallowest[p] for p in sorted(shallowest)])
+        items = _compress_runs([min(names, key=_depth) for names in self.cuts()])
         if limit is not None and len(items) > limit:
             items = [*items[:limit], f"... {len(items) - limit} more (see `leenet exits --arch NAME`)"]
         return ", ".join(items) if items else "none (pass an explicit list of stages instead)"
@@ -150,10 +152,7 @@ def describe_exit_points(model: nn.Module) -> tuple[str, tuple[str, str] | None]
     (``block3.0..block3.4``): what ``leenet exits`` prints. Also one pair of names that cut at
     the same place (a block and its last child, ``("block1", "block1.2")``), or None."""
     traced = _Traced(model)
-    by_cut: dict[int, list[str]] = {}
-    for name in traced.valid:
-        by_cut.setdefault(traced.position[name], []).append(name)
-    same = next(((min(n, key=_depth), max(n, key=_depth)) for n in by_cut.values() if len(n) > 1), None)
+    same = next(((min(n, key=_depth), max(n, key=_depth)) for n in traced.cuts() if len(n) > 1), None)
     return traced.readable_valid(limit=None), same
 
 
