@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from leenet.evaluate import DECISION_THRESHOLDS, Evaluator, best_within_cost, cheapest_within_drop, held_on_test
-from leenet.heads import make_gates
-from leenet.train import fit_gate_sweep
+from leenet.nn import make_gates
+from leenet.policy import fit_gate_sweep
 
 METHOD = "predict-error train classes"
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)

@@ -27,18 +27,36 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fmnist_backbone import CALIB_SIZE, DEFAULTS, train_backbone  # noqa: E402
 
-from leenet.archs import SmallResNet  # noqa: E402
-from leenet.build import attach_exits  # noqa: E402
-from leenet.compare import GAP_TOL, envelope_gap, max_neighbour_jump  # noqa: E402
+from leenet.backbones import SmallResNet
+from leenet.config import (
+    BUDGET_MARGIN,
+    GateConfig,  # noqa: E402
+    GateTrainConfig,
+)
 from leenet.data import load_dataset, make_loader  # noqa: E402
-from leenet.evaluate import (BUDGET_MARGIN, DECISION_THRESHOLDS, Candidate, Evaluator,  # noqa: E402
-                             cheapest_within_drop, find_budget, operating_points)
-from leenet.heads import GateConfig, make_gates  # noqa: E402
-from leenet.policies import CachedOutputs, confidence_scores, summarize, threshold_exits, threshold_grid  # noqa: E402
+from leenet.evaluate import (
+    DECISION_THRESHOLDS,
+    GAP_TOL,
+    Candidate,
+    Evaluator,
+    cheapest_within_drop,
+    envelope_gap,
+    find_budget,
+    max_neighbour_jump,
+    operating_points,
+)
+from leenet.nn import attach_exits, make_gates, split_backbone
+from leenet.policy import (
+    CachedOutputs,
+    collect_outputs,
+    confidence_scores,
+    fit_gate_sweep,
+    summarize,
+    threshold_exits,
+    threshold_grid,
+)
 from leenet.report import write_report  # noqa: E402
-from leenet.split import split_backbone  # noqa: E402
-from leenet.train import (GateTrainConfig, collect_outputs, fit_gate_sweep,  # noqa: E402
-                          freeze_, train_heads)
+from leenet.train import freeze_, train_heads
 
 EXITS = ("layer1.0", "layer1", "layer2", "layer3.0")
 ALPHAS = tuple(round(0.05 * k, 2) for k in range(21))

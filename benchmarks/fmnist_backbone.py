@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from leenet.archs import SmallResNet
+from leenet.backbones import SmallResNet
 from leenet.data import Splits, load_dataset, make_loader
 from leenet.train import train_classifier
 

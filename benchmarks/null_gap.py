@@ -25,7 +25,7 @@ from pathlib import Path
 import fashion_mnist as fm
 
 from leenet.evaluate import Evaluator
-from leenet.policies import confidence_scores, threshold_grid
+from leenet.policy import confidence_scores, threshold_grid
 
 
 def main() -> None:

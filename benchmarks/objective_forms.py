@@ -13,7 +13,8 @@ form (soft/hard × ce/error), for several gate seeds. Reports on test:
 Usage::
 
     python benchmarks/objective_forms.py --dataset digits --out benchmarks/results/objective_forms_digits.json
-    python benchmarks/objective_forms.py --dataset digits --gate-pooled --out benchmarks/results/objective_forms_digits_pooled.json
+    python benchmarks/objective_forms.py --dataset digits --gate-pooled \
+        --out benchmarks/results/objective_forms_digits_pooled.json
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leenet import data, zoo
-from leenet.build import attach_exits
+from leenet import backbones as zoo
+from leenet import data
+from leenet.config import GateConfig, GateTrainConfig
+from leenet.defaults import DATASET_DEFAULTS
 from leenet.evaluate import Evaluator
-from leenet.heads import GateConfig
-from leenet.pipeline import DATASET_DEFAULTS
-from leenet.train import GateTrainConfig, collect_outputs, freeze_, train_classifier, train_gates, train_heads
+from leenet.nn import attach_exits
+from leenet.policy import collect_outputs, train_gates
+from leenet.train import freeze_, train_classifier, train_heads
 
 FORMS = [("soft", "ce"), ("soft", "error"), ("hard", "ce"), ("hard", "error"), ("predict", "ce"), ("predict", "error")]
 ALPHAS = [round(0.05 * k, 2) for k in range(21)]
@@ -51,17 +54,17 @@ def build(dataset: str, weights: str | None, seed: int, gate_config: GateConfig)
     defaults = DATASET_DEFAULTS[dataset]
     splits = data.load_dataset(dataset, seed=seed)
     spec = splits.spec
-    backbone = zoo.build_backbone(defaults["arch"], num_classes=spec.num_classes,
+    backbone = zoo.build_backbone(defaults.arch, num_classes=spec.num_classes,
                                   in_channels=spec.in_channels, weights=weights)
     loader = data.make_loader(splits.train, 64, train=True, seed=seed)
     if weights is None:
         train_classifier(backbone, lambda: iter(loader), steps_per_epoch=len(loader),
-                         epochs=defaults["epochs"], progress=False)
+                         epochs=defaults.epochs, progress=False)
     freeze_(backbone)
-    net = attach_exits(backbone, zoo.get_backbone_info(defaults["arch"]).default_exits,
+    net = attach_exits(backbone, zoo.get_backbone_info(defaults.arch).default_exits,
                        input_shape=(spec.in_channels, spec.image_size, spec.image_size),
-                       num_classes=spec.num_classes, head=defaults["head"], gate_config=gate_config)
-    train_heads(net, lambda: iter(loader), steps_per_epoch=len(loader), epochs=defaults["head_epochs"],
+                       num_classes=spec.num_classes, head=defaults.head, gate_config=gate_config)
+    train_heads(net, lambda: iter(loader), steps_per_epoch=len(loader), epochs=defaults.head_epochs,
                 progress=False)
     caches = [collect_outputs(net, data.make_loader(ds, 256, train=False), progress=False)
               for ds in (splits.calib, splits.test)]
@@ -98,7 +101,8 @@ def main() -> None:
             jumps.append(max(abs(b.cost - a.cost) for a, b in zip(curve, curve[1:])))
         rows.append({"objective": objective, "loss": loss, "auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
                      "acc_alpha0": float(np.mean(acc0)), "max_jump": float(np.max(jumps))})
-    report = {"dataset": args.dataset, "gate": vars(gate_config), "backbone_accuracy": backbone_acc, "baseline_auc": baseline,
+    report = {"dataset": args.dataset, "gate": vars(gate_config), "backbone_accuracy": backbone_acc,
+              "baseline_auc": baseline,
               "forms": rows, "seconds": round(time.time() - start, 1)}
     print(f"backbone {backbone_acc:.2%}; max-softmax auc {baseline['max_softmax']:.4f}, "
           f"entropy auc {baseline['entropy']:.4f}")

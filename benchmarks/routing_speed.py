@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from leenet.build import attach_exits
-from leenet.timing import measure_wall_clock
-from leenet.zoo import build_backbone, get_backbone_info
+from leenet.backbones import build_backbone, get_backbone_info
+from leenet.evaluate import measure_wall_clock
+from leenet.nn import attach_exits
 
 
 def force_exit(net, k: int) -> None:

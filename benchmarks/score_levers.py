@@ -2,7 +2,7 @@
 
 Behind the SDN heads of ``benchmarks/fashion_mnist.py --head sdn`` (reused from its per-seed
 cache, so run that first), solves a budget every ``--step`` of cost (0.005) on the calibration split
-with :func:`leenet.train._budget_thresholds` for several per-gate scores, routes the test
+with :func:`leenet.policy.budget_thresholds` for several per-gate scores, routes the test
 split by the same thresholds, and compares each envelope with the better of the max-softmax
 and entropy baselines (area, worst point, its paired standard error, most significant loss):
 
@@ -32,32 +32,42 @@ import fashion_mnist as fm
 import numpy as np
 import torch
 
-from leenet.compare import envelope_gap
-from leenet.cost import CostModel
-from leenet.evaluate import Evaluator
-from leenet.heads import make_gates
-from leenet.objective import exit_losses
-from leenet.policies import confidence_scores, first_exit, summarize, threshold_grid
-from leenet.train import (BUDGET_TIE, NEVER, GateTrainConfig, _budget_thresholds, _fit_predictors, _fold_splits,
-                          _fresh_gates, _gate_logits, predictor_scores)
+from leenet.config import GateTrainConfig
+from leenet.evaluate import Evaluator, envelope_gap
+from leenet.nn import CostModel, make_gates
+from leenet.policy import (
+    BUDGET_TIE,
+    GateProblem,
+    budget_thresholds,
+    confidence_scores,
+    exit_losses,
+    first_exit,
+    fit_predictors,
+    fold_splits,
+    fresh_gates,
+    gate_logits,
+    predictor_fit,
+    summarize,
+    threshold_grid,
+)
 
 
 def _fit(net, inputs, target, config, seed):
-    gates = _fresh_gates(net, inputs, seed)
-    _fit_predictors(gates, inputs, target, config)
+    gates = fresh_gates(GateProblem.of(net), inputs, seed)
+    fit_predictors(gates, inputs, target, config)
     return gates.eval()
 
 
 @torch.no_grad()
 def _logits(gates, inputs):
-    return _gate_logits(gates, inputs)
+    return gate_logits(gates, inputs)
 
 
 def later_scores(net, calib, test, target, seed, config):
     """Logits of P(``target``) from each gate's inputs: out of fold on calibration, full fit on test."""
     inputs, test_inputs = calib.gate_inputs(net.gate_config), test.gate_inputs(net.gate_config)
     held = torch.empty_like(target)
-    for k, (fit, out) in enumerate(_fold_splits(len(target), 2, seed)):
+    for k, (fit, out) in enumerate(fold_splits(len(target), 2, seed)):
         gates = _fit(net, [x[fit] for x in inputs], target[fit], config, seed + 1 + k)
         held[out] = _logits(gates, [x[out] for x in inputs])
     return held, _logits(_fit(net, inputs, target, config, seed), test_inputs)
@@ -75,10 +85,11 @@ def budget_envelope(net, calib, test, s_calib, s_test, baseline, tie, step):
     losses = exit_losses(calib.logits, calib.labels, "error")
     points, outcomes = [], []
     for budget in np.arange(float(net.cost[0]), 1.0 + 1e-9, step):
-        thresholds = _budget_thresholds(s_calib, losses, costs, float(budget), tie=tie)
-        if thresholds is None:
+        found = budget_thresholds(s_calib, losses, costs, float(budget), tie=tie)
+        if found is None:
             continue
-        result = summarize(first_exit(s_test >= thresholds), test.correct, costs.routed(thresholds < NEVER))
+        leave = (s_test >= found.values) & found.enabled
+        result = summarize(first_exit(leave), test.correct, costs.routed(found.enabled))
         points.append((result.cost, result.accuracy))
         outcomes.append(result.outcomes.numpy())
     base_out = np.stack([c.test.outcomes.numpy() for c in baseline])
@@ -100,7 +111,7 @@ def run_seed(stages, splits, backbone_path: Path, seed: int, step: float) -> dic
     test_inputs = test.gate_inputs(gate_config)
     calib_scores, test_scores = [], []
     for k in range(5):  # the default predictor (k = 0) and four more seeds for bagging
-        predictors, scores = predictor_scores(net, calib, config, seed=seed + 100 * k, fit_on=train)
+        predictors, scores = predictor_fit(net, calib, config, seed=seed + 100 * k, fit_on=train)
         calib_scores.append(scores)
         test_scores.append(_logits(predictors, test_inputs))
     variants = {"correct": (calib_scores[0], test_scores[0], BUDGET_TIE),

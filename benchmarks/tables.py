@@ -2,14 +2,18 @@
 
 ``python benchmarks/tables.py benchmarks/results/fashion_mnist_sdn/results.json`` prints the
 per-exit accuracies, the operating points of LEENet and both threshold baselines, the issue's
-targets, budget mode and every gate method ("lever"), all as mean ± std over the seeds.
+targets, budget mode and every gate method ("lever"), all as mean ± std over the seeds. The file is
+read through the results schema (``leenet.report.read_results``); the benchmark's own records
+(targets, levers, budget mode, machine) are its ``extra`` section.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from leenet.report import Results, read_results
+from leenet.report.results import OperatingPoint
 
 METHODS = ("leenet", "max_softmax", "entropy")
 
@@ -20,28 +24,28 @@ def pct(mean: float, std: float | None = None, digits: int = 2) -> str:
     return text + (f" ± {100 * std:.{digits}f}" if std else "")
 
 
-def exits_table(r: dict) -> str:
+def exits_table(r: Results) -> str:
     rows = ["| exit | cost | accuracy (%) |", "|---|---|---|"]
-    rows += [f"| {e['name']} | {e['cost']:.3f} | {pct(e['accuracy'], e.get('accuracy_std'))} |" for e in r["exits"]]
+    rows += [f"| {e.name} | {e.cost:.3f} | {pct(e.accuracy, e.accuracy_std)} |" for e in r.exits]
     return "\n".join(rows)
 
 
-def operating_points_table(r: dict) -> str:
-    seeds = len(r["seeds"])
-    by_name: dict[str, dict[str, dict]] = {}
-    for p in r["operating_points"]:
-        by_name.setdefault(p["name"], {})[p["method"]] = p
+def operating_points_table(r: Results) -> str:
+    seeds = len(r.seeds)
+    by_name: dict[str, dict[str, OperatingPoint]] = {}
+    for p in r.operating_points:
+        by_name.setdefault(p.name, {})[p.method] = p
     rows = ["| operating point (chosen on calibration, reported on test) | LEENet | max-softmax | entropy |",
             "|---|---|---|---|"]
     for name, per_method in by_name.items():
         cells = []
         for m in METHODS:
             p = per_method.get(m)
-            if p is None or "accuracy" not in p:
+            if p is None or not p.reachable:
                 cells.append("unreachable")
                 continue
-            held = f"held {p['met_on_test_seeds']}/{seeds}"
-            cells.append(f"{pct(p['accuracy'], p.get('accuracy_std'))} % at cost {p['cost']:.3f} ({held})")
+            held = f"held {p.met_on_test_seeds}/{seeds}"
+            cells.append(f"{pct(p.accuracy, p.accuracy_std)} % at cost {p.cost:.3f} ({held})")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -53,8 +57,8 @@ def _ms(entry: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     return text + (f" ± {scale * entry['std']:.{digits}f}" if entry["std"] else "")
 
 
-def targets_table(r: dict) -> str:
-    t = r["targets"]
+def targets_table(r: Results) -> str:
+    t = r.extra["targets"]
     return "\n".join([
         "| measure (test split, mean ± std over seeds) | value |",
         "|---|---|",
@@ -64,7 +68,7 @@ def targets_table(r: dict) -> str:
         f"| (b) worst gap, α-curve (pt) at cost | {_ms(t['worst_gap'], 100, 2)} at {_ms(t['worst_cost'])} |",
         f"| (b) area, whole α × threshold family (pt × cost) | {_ms(t['family_area'], 100, 2)} |",
         f"| (b) worst gap, whole family (pt) | {_ms(t['family_worst_gap'], 100, 2)} |",
-        f"| (b) area, budgets solved every {r.get('budget_step', 0.005):g} of cost (pt × cost) | "
+        f"| (b) area, budgets solved every {r.extra['budget_step']:g} of cost (pt × cost) | "
         f"{_ms(t.get('budget_area'), 100, 2)} |",
         f"| (b) worst gap, solved budgets (pt) at cost | {_ms(t.get('budget_worst_gap'), 100, 2)} at "
         f"{_ms(t.get('budget_worst_cost'))} |",
@@ -83,15 +87,16 @@ def _significance_rows(t: dict) -> list[str]:
         rows += [
             f"| (b) paired standard error of the worst gap, {what} (pt) | {_ms(t[prefix + 'worst_stderr'], 100, 2)} |",
             f"| (b) most significant loss, {what}: gap / standard error (gap in pt at cost) | "
-            f"{_ms(t[prefix + 'min_z'], 1, 2)} ({_ms(t[prefix + 'min_z_gap'], 100, 2)} at {_ms(t[prefix + 'min_z_cost'])}) |",
+            f"{_ms(t[prefix + 'min_z'], 1, 2)} ({_ms(t[prefix + 'min_z_gap'], 100, 2)} "
+            f"at {_ms(t[prefix + 'min_z_cost'])}) |",
         ]
     return rows
 
 
-def budgets_table(r: dict) -> str:
+def budgets_table(r: Results) -> str:
     rows = ["| budget | seed | alpha, threshold | calibration | test | held |", "|---|---|---|---|---|---|"]
-    for name, per_seed in r["budget_mode"].items():
-        for seed, b in zip(r["seeds"], per_seed):
+    for name, per_seed in r.extra["budget_mode"].items():
+        for seed, b in zip(r.seeds, per_seed):
             if not b["reachable"]:
                 rows.append(f"| {name} | {seed} | unreachable | | | |")
                 continue
@@ -108,12 +113,12 @@ def _solved(m: dict) -> str:
     return f"{_ms(m['budget_area'], 100, 2)}, {_ms(m['budget_worst_gap'], 100, 2)}"
 
 
-def levers_table(r: dict) -> str:
+def levers_table(r: Results) -> str:
     rows = ["| gate method | seeds | area α-curve | worst gap (pt) @ cost | area α × thr. | cost @ ≤ 0.5 pt "
             "| test drop there (pt) | max α-jump | α=0 loss (pt) | solved budgets: area, worst (pt) | s / sweep |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in r["levers"].items():
-        chosen = " (reported as leenet)" if name == r["gate_method"] else ""
+    for name, m in r.extra["levers"].items():
+        chosen = " (reported as leenet)" if name == r.extra["gate_method"] else ""
         rows.append(
             f"| {name}{chosen} | {m['seeds']} | {_ms(m['area'], 100, 2)} | {_ms(m['worst_gap'], 100, 1)} @ "
             f"{m['worst_cost']['mean']:.2f} | {_ms(m['family_area'], 100, 2)} | {_ms(m['cost_at_0.5pt'])} | "
@@ -122,9 +127,9 @@ def levers_table(r: dict) -> str:
     return "\n".join(rows)
 
 
-def curve_line(r: dict) -> str:
-    curve = [p for p in r["policies"] if p["method"] == "leenet"]
-    return "; ".join(f"α={p['param']:g} {pct(p['accuracy'])} % at {p['cost']:.3f}" for p in curve)
+def curve_line(r: Results) -> str:
+    curve = [p for p in r.policies if p.method == "leenet"]
+    return "; ".join(f"α={p.param:g} {pct(p.accuracy)} % at {p.cost:.3f}" for p in curve)
 
 
 def main() -> None:
@@ -132,13 +137,13 @@ def main() -> None:
     parser.add_argument("results", type=Path, nargs="+", help="results.json of benchmarks/fashion_mnist.py")
     args = parser.parse_args()
     for path in args.results:
-        r = json.loads(path.read_text())
-        machine = r.get("machine", {})
-        print(f"## {path}\n\nbackbone {r['backbone']['name']}: {pct(r['backbone']['accuracy'])} %; heads "
-              f"{r.get('heads', {}).get('kind', 'pool')}; seeds {r['seeds']}; reported gate method "
-              f"{r['gate_method']}; budgets keep {r.get('budget_margin', 1.0):g} standard errors of slack; "
-              f"{machine.get('command')} on {machine.get('date')}; timings "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items()) + "\n")
+        r = read_results(path)
+        machine = r.extra["machine"]
+        print(f"## {path}\n\nbackbone {r.backbone.name}: {pct(r.backbone.accuracy)} %; heads "
+              f"{r.heads.kind}; seeds {list(r.seeds)}; reported gate method "
+              f"{r.extra['gate_method']}; budgets keep {r.budget_margin:g} standard errors of slack; "
+              f"{machine['command']} on {machine['date']}; timings "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in r.timings.items()) + "\n")
         for table in (exits_table, operating_points_table, targets_table, budgets_table, levers_table):
             print(table(r) + "\n")
         print("LEENet curve (threshold 0.5): " + curve_line(r) + "\n")

@@ -1,23 +1,27 @@
-"""Versioned checkpoints: a plain dict of tensors and JSON-able config, loaded with ``weights_only=True``."""
+"""Versioned checkpoints: a plain dict of tensors and JSON-able config, loaded with ``weights_only=True``.
+
+Version 2 stores every buffer of the network (each exit's head and gate cost, each gate's
+``enabled`` flag). Version 1 files, written before some of those existed, are migrated on
+read by :func:`_migrate_v1`, explicitly, rather than patched while loading a module.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from leenet.build import attach_exits
+from leenet.backbones.registry import build_backbone
+from leenet.backbones.weights import load_tensors
+from leenet.config import GateConfig, check_alpha
 from leenet.errors import CheckpointError, LeenetError, brief
-from leenet.heads import GateConfig
-from leenet.model import ExitNet
-from leenet.objective import check_alpha
+from leenet.nn.model import ExitNet, attach_exits
 
 FORMAT = "leenet.exitnet"
-VERSION = 1
+VERSION = 2
 _REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold")
 
 
@@ -65,6 +69,8 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path} is not a LEENet checkpoint (a plain state dict? load it as a backbone with --weights)"
         )
+    if payload.get("version") == 1:
+        payload = _migrate_v1(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')}, this LEENet reads version {VERSION}: "
@@ -93,8 +99,6 @@ def load_checkpoint(
             the selected ones.
         map_location: device for the returned network.
     """
-    from leenet.zoo import build_backbone  # the zoo pulls torchvision: import on demand
-
     payload = read_checkpoint(path)
     spec = payload["spec"]
     if backbone is None:
@@ -128,28 +132,21 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
         ) from None
 
 
-_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy pickle format
+def _migrate_v1(payload: dict) -> dict:
+    """A version-1 checkpoint as version 2: buffers added after it was written get the values
+    the network had then (nothing skippable: head and gate costs 0; every gate enabled)."""
+    state, bank = payload.get("state_dict"), payload.get("gate_bank", {})
+    if not isinstance(state, dict) or not isinstance(bank, dict):
+        return payload  # damaged: read_checkpoint says so
+    gates = sorted({int(k.split(".")[1]) for k in state if k.startswith("gates.") and k.split(".")[1].isdigit()})
+    heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})
+    state = dict(state)
+    for name in ("head_cost", "gate_cost"):
+        state.setdefault(name, torch.zeros(heads))
+    for i in gates:
+        state.setdefault(f"gates.{i}.enabled", torch.ones((), dtype=torch.bool))
+    bank = {alpha: {**gates_state, **{f"{i}.enabled": gates_state.get(f"{i}.enabled", torch.ones((), dtype=torch.bool))
+                                      for i in gates}}
+            for alpha, gates_state in bank.items() if isinstance(gates_state, dict)}
+    return {**payload, "version": 2, "state_dict": state, "gate_bank": bank}
 
-
-def load_tensors(path: Path, what: str, fix: str):
-    """``torch.load`` of tensors only (``weights_only``: no pickled code runs), or a one-line
-    :class:`CheckpointError` saying why the ``what`` file cannot be read, then ``fix``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged or foreign files
-        raise CheckpointError(f"{what} {path} {_unreadable(path, exc)}: {fix}") from None
-
-
-def _unreadable(path: Path, exc: Exception) -> str:
-    """Why ``torch.load`` failed, in a few words: not a torch file, more than tensors, or damaged."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as error:
-        return f"cannot be read ({brief(error, 120)})"
-    if not head.startswith(_TORCH_MAGIC):
-        return f"is not a PyTorch file (torch.save writes a zip archive; this one starts with {head!r})"
-    pickled = re.search(r"GLOBAL ([\w.]+)", str(exc))
-    if pickled:
-        return f"holds a pickled {pickled[1]}, not only tensors (LEENet runs no pickled code)"
-    return f"is damaged ({brief(exc, 120)})"

@@ -5,13 +5,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from leenet.backbones import BACKBONES, build_backbone, get_backbone_info
+from leenet.config import (
+    ALPHA_UNITS,
+    DEVICES,
+    HEAD_KINDS,
+    LOSS_KINDS,
+    OBJECTIVES,
+    PRECISIONS,
+    PREDICTOR_SPLITS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    parse_alphas,
+)
+from leenet.data import DATASETS
+from leenet.defaults import dataset_defaults
 from leenet.errors import LeenetError, brief
+from leenet.export import export_onnx
+from leenet.nn.split import describe_exit_points
+from leenet.pipeline import run
+from leenet.predict import ENGINES, predict_files
+from leenet.report import read_results, summary_table, write_report
+from leenet_runtime.predict import format_record
 
 EPILOG = """examples:
   leenet run                                   # digits + small CNN, about 30 s on 2 idle CPU cores
@@ -21,9 +43,6 @@ EPILOG = """examples:
   leenet run --target-cost 0.5                 # best policy at <= 50% of the backbone's FLOPs
   leenet exits --arch resnet50                 # where a backbone can be cut
 """
-
-
-REPORT_KEYS = ("exits", "backbone", "policies")  # what `leenet report` cannot draw without
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,7 +89,7 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--transfer", action="store_true", help="with --weights: train only the classifier")
     m.add_argument("--exits", help="comma-separated module names to exit after, e.g. layer1,layer2,layer3 "
                    "(see `leenet exits --arch NAME`)")
-    m.add_argument("--head", choices=["pool", "sdn", "flatten"],
+    m.add_argument("--head", choices=HEAD_KINDS,
                    help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
                    "default flatten for digits, sdn for fashion-mnist, pool otherwise")
     m.add_argument("--gate-hidden", type=_positive_int,
@@ -87,28 +106,28 @@ def _add_run_parser(sub) -> None:
                    "30 on cifar, 20 on imagenette and folder; with --weights 0, which keeps them as they are)")
     t.add_argument("--lr", type=float, help="backbone peak learning rate, SGD one-cycle (default per dataset: "
                    "0.1 on fashion-mnist, else 0.05)")
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    t.add_argument("--precision", choices=PRECISIONS,
                    help="backbone training arithmetic: bf16 = bfloat16 autocast + channels-last (about 1.9x "
                         "faster on CPUs with AVX512-BF16 and on recent GPUs); auto = bf16 where the device "
                         "computes it natively, else fp32 (default: fp32 on digits, auto elsewhere)")
     t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default: 30 on digits, 6 on "
                    "fashion-mnist, 5 elsewhere)")
-    t.add_argument("--objective", choices=["soft", "hard", "predict"],
+    t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
                    "the expected loss on out-of-fold calibration scores (default: hard on digits, predict otherwise)")
-    t.add_argument("--loss", choices=["ce", "error", "soft_error"],
+    t.add_argument("--loss", choices=LOSS_KINDS,
                    help="per-exit loss: cross-entropy, 0-1 error, or soft error 1 - p(true class) "
                    "(default: ce on digits, error otherwise)")
     t.add_argument("--gate-steps", type=_positive_int, help="gate optimizer steps (default 300; 1000 on fashion-mnist)")
     t.add_argument("--gate-batch-size", type=_positive_int,
                    help="minibatch of predict-gate fitting (default: full batch; 2048 with --fit-gates-on train)")
-    t.add_argument("--fit-gates-on", choices=["calib", "train"],
+    t.add_argument("--fit-gates-on", choices=PREDICTOR_SPLITS,
                    help="predict objective: fit the correctness predictors on the calibration split (scores "
                         "out-of-fold) or on the training split, whose outputs then pass through the network "
                         "once more; thresholds are always chosen on calibration (default: train on "
                         "fashion-mnist, calib elsewhere)")
-    t.add_argument("--alpha-units", choices=["range", "raw"],
+    t.add_argument("--alpha-units", choices=ALPHA_UNITS,
                    help="range (default): alpha weighs loss and cost each as a share of its range on the "
                         "calibration split (first exit to backbone), so a uniform sweep spreads over the whole "
                         "trade-off; raw: (1-alpha)*loss + alpha*cost as written")
@@ -126,7 +145,7 @@ def _add_run_parser(sub) -> None:
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=int, default=0, help="seeds the calibration split, initialization and training "
                    "(default 0)")
-    o.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    o.add_argument("--device", default="auto", choices=DEVICES,
                    help="where to compute (default auto: cuda when available)")
     o.add_argument("--out", help="run directory (default runs/<dataset>-<arch>-<time>)")
     o.add_argument("--overwrite", action="store_true", help="allow replacing the results in --out")
@@ -154,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Redraw report.html and its plots from the results.json of a finished run "
                        "(after an update of LEENet, or when drawing failed during the run).")
     r.add_argument("run_dir", help="the run directory holding results.json (e.g. runs/digits-digits_cnn-...)")
+    x = sub.add_parser("export", help="export a run's model as one ONNX graph per stage plus manifest.json",
+                       description="Write one ONNX graph per stage (features in; features, exit logits and the "
+                       "gate's exit probability out; dynamic batch), and manifest.json with the preprocessing, class "
+                       "names, exit costs, threshold and a sha256 of every file. Serve it with leenet-runtime "
+                       "(numpy + onnxruntime, no torch).")
+    x.add_argument("run_dir", help="a run directory holding model.pt")
+    x.add_argument("--out", required=True, help="the export directory to write")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    q = sub.add_parser("predict", help="classify image files with a run's model or an export",
+                       description="Classify PNG/JPEG files (grey or RGB, any size) with the run's own preprocessing; "
+                       "print per image the file, class, confidence, exit and the cost paid. Unreadable files get "
+                       "one line each on stderr and the rest still run (exit status 1).")
+    q.add_argument("model", help="a run directory (its model.pt; --engine torch) or an export directory (--engine onnx)")
+    q.add_argument("images", nargs="+", help="image files or directories of them")
+    q.add_argument("--engine", choices=ENGINES, default="torch", help="torch (default) or onnx (onnxruntime)")
+    q.add_argument("--batch-size", type=int, default=64, help="images routed together (default 64)")
+    q.add_argument("--json", action="store_true", help="one JSON object per line: file, class, class_index, "
+                   "confidence, exit, exit_index, cost")
+    q.add_argument("--value-max", type=float, help="pixel value of full brightness in the files (default 255)")
+    q.add_argument("--device", default="cpu", help="where the torch engine runs (default cpu)")
     return parser
 
 
@@ -165,16 +204,13 @@ def _override(default, **given):
 
 def run_config_from_args(args: argparse.Namespace):
     """The :class:`~leenet.config.RunConfig` an argument namespace describes."""
-    from leenet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_alphas
-    from leenet.pipeline import dataset_defaults
-
     defaults = dataset_defaults(args.dataset)
-    gate = _override(defaults["gate"], hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled,
+    gate = _override(defaults.gate, hidden=args.gate_hidden, history=args.gate_history, pooled=args.gate_pooled,
                      classes=args.gate_classes)
     predictors_on = args.fit_gates_on
     if predictors_on is None and args.objective not in (None, "predict"):
         predictors_on = "calib"  # a dataset default of predictors fit on train applies to "predict" gates only
-    gate_train = _override(defaults["gate_train"], objective=args.objective, loss=args.loss, steps=args.gate_steps,
+    gate_train = _override(defaults.gate_train, objective=args.objective, loss=args.loss, steps=args.gate_steps,
                            alpha_units=args.alpha_units, predictors_on=predictors_on,
                            batch_size=args.gate_batch_size)
     exits = tuple(e.strip() for e in args.exits.split(",") if e.strip()) if args.exits is not None else None
@@ -192,29 +228,19 @@ def run_config_from_args(args: argparse.Namespace):
     )
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from leenet.pipeline import run
-        from leenet.report import summary_table
-
         results = run(run_config_from_args(args), log=lambda m: print(m, file=sys.stderr))
         print(summary_table(results))
         if "budget" in results:
             print("budget: " + results["budget"]["message"])
     elif args.command == "backbones":
-        from leenet.zoo import BACKBONES
-
         for name, info in BACKBONES.items():
             print(f"{name:18s} {info.description}\n{'':18s} default exits: {','.join(info.default_exits)}")
     elif args.command == "datasets":
-        from leenet.data import DATASETS
-
         for name, entry in DATASETS.items():
             print(f"{name:14s} {entry.description}")
     elif args.command == "exits":
-        from leenet.split import describe_exit_points
-        from leenet.zoo import build_backbone, get_backbone_info
-
         info = get_backbone_info(args.arch)
         print(f"default: {','.join(info.default_exits)}")
         listing, same = describe_exit_points(build_backbone(args.arch, num_classes=10))
@@ -223,21 +249,31 @@ def _dispatch(args: argparse.Namespace) -> None:
               + (f"; a block ends where its last child does, so {same[0]} and {same[1]} are the same cut)" if same
                  else ")"))
     elif args.command == "report":
-        from leenet.report import write_report
+        run_dir = Path(args.run_dir)
+        results = read_results(run_dir / "results.json")  # one-line LeenetError if missing or damaged
+        try:
+            print(write_report(results, run_dir))
+        except (OSError, ValueError) as exc:
+            raise LeenetError(f"cannot draw the report of {run_dir} ({brief(exc)}): rerun `leenet run`") from None
+    elif args.command == "export":
+        print(export_onnx(args.run_dir, args.out, opset=args.opset))
+    elif args.command == "predict":
+        return _predict(args)
+    return 0
 
-        path = Path(args.run_dir) / "results.json"
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:  # also JSON and Unicode decoding errors
-            raise LeenetError(f"cannot read {path} ({exc.__class__.__name__}): pass a finished run directory") from None
-        missing = [k for k in REPORT_KEYS if k not in results] if isinstance(results, dict) else ["everything"]
-        if missing:
-            raise LeenetError(f"{path} is not a LEENet results file (it lacks {', '.join(missing)}): rerun `leenet run`")
-        try:
-            print(write_report(results, Path(args.run_dir)))
-        except (KeyError, TypeError, ValueError, OSError) as exc:
-            raise LeenetError(f"cannot draw the report of {path} ({exc.__class__.__name__}: {exc}): the file is "
-                              f"damaged or from another LEENet version; rerun `leenet run`") from None
+
+def _predict(args: argparse.Namespace) -> int:
+    """`leenet predict`: one line (or JSON object) per image; 1 when some files could not be read."""
+    failed = []
+
+    def report(message: str) -> None:
+        failed.append(message)
+        print(message, file=sys.stderr)
+
+    for record in predict_files(args.model, args.images, engine=args.engine, batch_size=args.batch_size,
+                                value_max=args.value_max, device=args.device, on_error=report):
+        print(format_record(record, args.json), flush=True)
+    return 1 if failed else 0
 
 
 @contextlib.contextmanager
@@ -267,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with _sigterm_unwinds():
-            _dispatch(args)
+            return _dispatch(args)
     except LeenetError as exc:
         print(f"error: {brief(exc, limit=None)}", file=sys.stderr)  # one line, whatever a wrapped reason held
         return 2

@@ -7,17 +7,108 @@ import numbers
 from dataclasses import asdict, dataclass, field
 
 from leenet.errors import LeenetError
-from leenet.evaluate import BUDGET_MARGIN, check_margin
-from leenet.heads import HEAD_KINDS, GateConfig
-from leenet.objective import check_alpha
-from leenet.train import PRECISIONS, GateTrainConfig
 
+# The choices each setting takes (the CLI's `choices=` read these).
+HEAD_KINDS = ("pool", "sdn", "flatten")  # exit heads, see leenet.nn.heads
+OBJECTIVES = ("hard", "soft", "predict")  # gate objectives, see GateTrainConfig
+LOSS_KINDS = ("error", "ce", "soft_error")  # per-exit losses, see leenet.policy.objective.exit_losses
+ALPHA_UNITS = ("range", "raw")
+PREDICTOR_SPLITS = ("calib", "train")
+PRECISIONS = ("auto", "fp32", "bf16")  # backbone training arithmetic
+SCORE_KINDS = ("max_softmax", "entropy")  # confidence-threshold baselines
 DEVICES = ("auto", "cpu", "cuda")
 
-
+TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
+# Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
+# figure scatters around the calibration one by about sqrt(2) of them (two samples of the same
+# size), so 1.5 is about one standard error of that difference: a setting right at the budget
+# still holds on test about 85 % of the time (measured in docs/benchmark.md).
+BUDGET_MARGIN = 1.5
 MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
 MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)
 MAX_GATE_HIDDEN = 4096  # a gate is a small MLP over a few dozen confidence features
+
+
+def check_alpha(alpha: float) -> float:
+    """Return ``alpha`` as a float, or raise a one-line error if it is outside [0, 1]."""
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        alpha = float("nan")  # not a number at all: the same message
+    if not 0.0 <= alpha <= 1.0:  # also false for NaN
+        raise LeenetError(
+            f"alpha must be in [0, 1] (0 = only accuracy matters, 1 = only compute), got {alpha}"
+        )
+    return alpha
+
+
+def check_margin(margin: float) -> float:
+    """A budget margin (standard errors of slack) must be a finite number >= 0."""
+    if not (margin >= 0 and math.isfinite(margin)):
+        raise LeenetError(f"--budget-margin must be a number of standard errors >= 0 (default {BUDGET_MARGIN:g}), "
+                          f"got {margin}")
+    return margin
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What a gate sees and how big it is."""
+
+    hidden: int = 16  # width of the gate MLP's hidden layer; 0 = logistic regression
+    history: bool = True  # also see earlier exits' max-probabilities and agreement with them
+    pooled: bool = False  # also see the globally pooled feature map at this exit
+    classes: bool = False  # also see this exit's class probabilities and predicted class (one-hot):
+    # how far a confidence can be trusted depends on the class (a sure "shirt" is wrong more often)
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0:
+            raise LeenetError(f"gate hidden width must be >= 0, got {self.hidden}")
+        if self.hidden > MAX_GATE_HIDDEN:
+            raise LeenetError(f"--gate-hidden {self.hidden} is wider than a gate needs (at most "
+                              f"{MAX_GATE_HIDDEN}; 16-64 is typical)")
+
+
+@dataclass(frozen=True)
+class GateTrainConfig:
+    """How gates are fit on cached calibration outputs."""
+
+    objective: str = "soft"  # "soft": expected loss; "hard": balanced BCE on per-sample best exits;
+    # "predict": each gate predicts its exit's correctness (alpha-free), then per-exit
+    # thresholds minimizing the calibration objective are set for each alpha
+    loss: str = "ce"  # per-exit loss l_i: "ce" (cross-entropy), "error" (0-1) or "soft_error"
+    steps: int = 300  # full-batch Adam steps per alpha
+    lr: float = 0.01  # Adam learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay of the gate MLPs
+    crossfit: int = 2  # folds for out-of-fold calibration estimates ("predict" also sets its thresholds
+    # on out-of-fold scores); 1 = judge gates on the samples they were fit to
+    alpha_units: str = "range"  # "range": loss and cost each divided by its range on calibration
+    # (first exit to backbone), see leenet.policy.objective.raw_alpha; "raw": the objective as written
+    predictors_on: str = "calib"  # "predict": the split the correctness predictors are fit to;
+    # "train": the training split (5x the data; thresholds are still chosen on calibration,
+    # where the predictors' scores are then held out)
+    batch_size: int = 0  # "predict": minibatch size of predictor fitting; 0 = full batch on the
+    # calibration split, TRAIN_SPLIT_BATCH on the training split (full-batch steps over it are slow)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise LeenetError(f"unknown gate objective '{self.objective}' (valid: {', '.join(OBJECTIVES)})")
+        if self.loss not in LOSS_KINDS:
+            raise LeenetError(f"unknown exit loss '{self.loss}' (valid: {', '.join(LOSS_KINDS)})")
+        if self.alpha_units not in ALPHA_UNITS:
+            raise LeenetError(f"unknown alpha units '{self.alpha_units}' (valid: {', '.join(ALPHA_UNITS)})")
+        if self.predictors_on not in PREDICTOR_SPLITS:
+            raise LeenetError(f"unknown predictor split '{self.predictors_on}' (valid: {', '.join(PREDICTOR_SPLITS)})")
+        if self.predictors_on != "calib" and self.objective != "predict":
+            raise LeenetError("only 'predict' gates can be fit on the training split: use --objective predict")
+        if self.batch_size < 0:
+            raise LeenetError(f"gate batch size must be >= 0 (0 = full batch), got {self.batch_size}")
+        if self.crossfit < 1:
+            raise LeenetError(f"gate crossfit folds must be >= 1, got {self.crossfit}")
+        if self.steps < 1 or not 0 < self.lr < float("inf"):  # also refuses a NaN lr
+            raise LeenetError(f"gate training needs steps >= 1 and a finite lr > 0, got {self.steps} and {self.lr}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise LeenetError(f"gate weight decay must be finite and >= 0, got {self.weight_decay}")
+
 
 
 @dataclass(frozen=True)
@@ -37,9 +128,6 @@ class ModelConfig:
             raise LeenetError(f"unknown head '{self.head}' (valid: {', '.join(HEAD_KINDS)})")
         if self.num_classes is not None and self.num_classes < 2:
             raise LeenetError(f"--num-classes must be at least 2, got {self.num_classes}")
-        if self.gate is not None and self.gate.hidden > MAX_GATE_HIDDEN:
-            raise LeenetError(f"--gate-hidden {self.gate.hidden} is wider than a gate needs (at most "
-                              f"{MAX_GATE_HIDDEN}; 16-64 is typical)")
         if self.exits is not None and len(self.exits) == 0:
             raise LeenetError("--exits needs at least one exit point, e.g. --exits layer1,layer2")
 

@@ -10,6 +10,8 @@ Every dataset comes back as three splits::
 The in-memory datasets (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``) keep uint8
 images and normalize, augment and resize whole batches at once in :func:`make_loader`; the
 folder datasets (``imagenette``, ``folder``) read images lazily with torchvision transforms.
+Hugging Face datasets (``hf:NAME[:CONFIG]``, ``hf-local:DIR[:CONFIG]``, see
+:mod:`leenet.datasets.hf`) become one or the other: small images of one size in memory, the rest lazily.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from leenet.datasets.cifar import CIFAR10, CIFAR100, read_cifar
 from leenet.datasets.digits import read_digits
-from leenet.datasets.folder import (IMAGENET_MEAN, IMAGENET_STD, FolderData, ImageFolderDataset,
-                                    read_folder, read_imagenette)
+from leenet.datasets.folder import IMAGENET_MEAN, IMAGENET_STD, FolderData, ImageFolderDataset, read_folder, read_imagenette
+from leenet.datasets.hf import read_hub, read_local
 from leenet.datasets.idx import read_fashion_mnist
 from leenet.datasets.memory import ArrayData, IndexBatches, TensorBatchLoader, TensorImageDataset
 from leenet.errors import DataError
@@ -73,13 +75,18 @@ class Splits:
     test: Dataset  # the official test split, only for reported numbers
 
 
+Reader = Callable[[Path | None, bool], ArrayData | FolderData]  # (data_dir, download) -> data
+FormReader = Callable[[str, Path | None, bool], ArrayData | FolderData]  # (rest of the name, data_dir, download)
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One registered dataset."""
+    """One registered dataset, or one form of dataset names (``hf:NAME[:CONFIG]``)."""
 
     description: str  # one line for ``--help`` and listings
-    read: Callable[[Path | None, bool], ArrayData | FolderData]  # (data_dir, download) -> data
+    read: Reader | FormReader  # a FormReader when ``prefix`` is set, else a Reader
     default_image_size: int | None  # None = the native size of the stored images
+    prefix: str | None = None  # names starting with it are this form's, e.g. "hf:"; None = one dataset
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -95,12 +102,29 @@ DATASETS: dict[str, DatasetEntry] = {
                                "(9469 train / 3925 val, 10 classes)", read_imagenette, 224),
     "folder": DatasetEntry("any ImageFolder tree DIR/train/<class>/*, DIR/val/<class>/*, "
                            "RGB, 224x224 by default", read_folder, 224),
+    "hf:NAME[:CONFIG]": DatasetEntry("a Hugging Face dataset from the offline cache (--download fetches it), "
+                                     "e.g. hf:uoft-cs/cifar10; needs pip install 'leenet[hf]'", read_hub, None,
+                                     prefix="hf:"),
+    "hf-local:DIR[:CONFIG]": DatasetEntry("Hugging Face parquet/arrow files in the Hub's layout, or a "
+                                          "save_to_disk folder, e.g. hf-local:~/data/cifar10", read_local, None,
+                                          prefix="hf-local:"),
 }
 
 
 def dataset_names() -> list[str]:
-    """The registered dataset names, in registry order."""
+    """The registered dataset names and name forms (``hf:NAME[:CONFIG]``, ``hf-local:DIR[:CONFIG]``)."""
     return list(DATASETS)
+
+
+def _lookup(name: str) -> tuple[DatasetEntry, Reader]:
+    """The entry that ``name`` belongs to and its reader, with a form's name part bound."""
+    for entry in DATASETS.values():
+        if entry.prefix is not None and name.startswith(entry.prefix):
+            return entry, partial(entry.read, name[len(entry.prefix):])
+    entry = DATASETS.get(name)
+    if entry is None or entry.prefix is not None:
+        raise DataError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
+    return entry, entry.read
 
 
 def _calib_count(calib_size: int | float, n: int) -> int:
@@ -213,15 +237,18 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     """Load a registered dataset as train / calib / test splits.
 
     Args:
-        name: one of :func:`dataset_names`.
-        data_dir: where the files are (see each reader; ``None`` = the dataset's default place).
+        name: one of :func:`dataset_names`, ``hf:NAME[:CONFIG]`` (e.g. ``hf:uoft-cs/cifar10``)
+            or ``hf-local:DIR[:CONFIG]``.
+        data_dir: where the files are (see each reader; ``None`` = the dataset's default place;
+            for ``hf:`` the Hugging Face cache folder).
         download: fetch the files when they are missing (``fashion-mnist``, ``cifar*``,
-            ``imagenette``).
+            ``imagenette``, ``hf:``; without it ``hf:`` never goes online).
         calib_size: training samples held out for calibration: a count (int) or a
             fraction in ``(0, 1)`` (float). Stratified by class when possible.
         seed: fixes which samples are held out (never the test split).
         image_size: side of the yielded images; ``None`` = native size (8, 28, 32) for the
-            in-memory datasets and 224 for ``imagenette`` and ``folder``.
+            in-memory datasets and 224 for ``imagenette``, ``folder`` and the Hugging Face
+            datasets read lazily.
         mean: per-channel normalization mean; ``None`` = the dataset's own statistics
             (ImageNet's for the folder datasets). Pass ImageNet's for pretrained backbones.
         std: per-channel normalization standard deviation, as ``mean``.
@@ -232,10 +259,8 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     Raises:
         DataError: unknown name, files missing or corrupt, or a bad argument.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
-    entry = DATASETS[name]
-    raw = entry.read(Path(data_dir).expanduser() if data_dir is not None else None, download)
+    entry, read = _lookup(name)
+    raw = read(Path(data_dir).expanduser() if data_dir is not None else None, download)
     if isinstance(raw, ArrayData):
         if raw.train_y.unique().numel() < 2:
             raise DataError(f"{name}'s training labels hold a single class: a classifier needs at least two; "

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from leenet.heads import gate_features
-from leenet.model import ExitNet
+from leenet.nn.gates import gate_features
+from leenet.nn.model import ExitNet
 
 NUM_CLASSES = 5
 INPUT_SHAPE = (3, 16, 16)

@@ -67,7 +67,7 @@ def test_checkpoint_reloads_with_the_same_predictions(digits_run: Path) -> None:
     assert torch.equal(exits, exits_again) and torch.allclose(logits, again)
     assert (other(x)[1] == 0).all(), "alpha=1 gates send everything to the cheapest exit"
     payload = torch.load(digits_run / "model.pt", weights_only=True)
-    assert payload["version"] == 1 and "backbone_state" in payload
+    assert payload["version"] == 2 and "backbone_state" in payload
 
 
 def test_earlier_results_are_never_overwritten(digits_run: Path, capsys) -> None:
@@ -170,9 +170,9 @@ def test_failed_run_leaves_no_empty_run_directory(tmp_path: Path, monkeypatch) -
 
 
 def test_batches_that_cannot_fit_in_memory_fail_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
-    import leenet.pipeline as pipeline
+    import leenet.preflight as preflight
 
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 2**20)  # 1 MiB free
     assert main(["run", "--out", str(tmp_path / "big"), *FAST]) == 2
     captured = capsys.readouterr()
     assert "GiB for training the backbone" in captured.err and "lower --batch-size or --image-size" in captured.err
@@ -182,17 +182,17 @@ def test_batches_that_cannot_fit_in_memory_fail_before_training(tmp_path: Path, 
 
 def test_memory_estimate(monkeypatch) -> None:
     """Training prices every layer's output, evaluation the largest one twice, 2 bytes a value."""
-    import leenet.pipeline as pipeline
+    import leenet.preflight as preflight
 
     cpu = torch.device("cpu")
-    assert (pipeline.available_memory(cpu) or 1) > 0  # MemAvailable read on Linux, None elsewhere
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**30)  # 1 GiB free
-    pipeline._check_memory((2**20, 2**16), 256, 28, cpu, training=True)  # 512 MiB
-    pipeline._check_memory((2**30, 2**20), 128, 28, cpu, training=False)  # 512 MiB: only the largest counts
+    assert (preflight.available_memory(cpu) or 1) > 0  # MemAvailable read on Linux, None elsewhere
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 2**30)  # 1 GiB free
+    preflight.check_memory((2**20, 2**16), 256, 28, cpu, training=True)  # 512 MiB
+    preflight.check_memory((2**30, 2**20), 128, 28, cpu, training=False)  # 512 MiB: only the largest counts
     with pytest.raises(LeenetError, match=r"--batch-size 1024 at --image-size 28 needs at least 4\.0 GiB for training"):
-        pipeline._check_memory((2**21, 2**16), 1024, 28, cpu, training=True)
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: None)  # unknown: nothing refused
-    pipeline._check_memory((2**40, 2**40), 1024, 28, cpu, training=True)
+        preflight.check_memory((2**21, 2**16), 1024, 28, cpu, training=True)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: None)  # unknown: nothing refused
+    preflight.check_memory((2**40, 2**40), 1024, 28, cpu, training=True)
 
 
 def test_sigterm_unwinds_through_the_clean_up(tmp_path: Path) -> None:
@@ -241,11 +241,11 @@ def test_errors_are_printed_on_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_default_run_directories_are_unique(tmp_path: Path, monkeypatch) -> None:
-    from leenet.config import RunConfig
-    from leenet.pipeline import prepare_out_dir
+    from leenet.rundir import prepare_out_dir
 
     monkeypatch.chdir(tmp_path)
-    first, second = prepare_out_dir(RunConfig(), "digits_cnn"), prepare_out_dir(RunConfig(), "digits_cnn")
+    first = prepare_out_dir(None, "digits", "digits_cnn", overwrite=False)
+    second = prepare_out_dir(None, "digits", "digits_cnn", overwrite=False)
     assert first != second and first.is_dir() and second.is_dir()
 
 
@@ -327,18 +327,18 @@ def test_help_teaches(capsys) -> None:
 
 def test_help_states_the_dataset_defaults_the_pipeline_uses() -> None:
     """The per-dataset defaults are written into --help (importing the pipeline there would slow it): keep them true."""
-    from leenet.pipeline import DATASET_DEFAULTS
+    from leenet.defaults import DATASET_DEFAULTS
 
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("run"))
     helps = {a.dest: " ".join(a.help.split()) for a in run._actions if a.help}
     for dataset, key in (("digits", "digits"), ("fashion-mnist", "fashion-mnist"), ("cifar10", "cifar"),
                          ("imagenette", "imagenette")):
-        assert f"{DATASET_DEFAULTS[dataset]['epochs']} on {key}" in helps["epochs"], dataset
-    assert f"{DATASET_DEFAULTS['digits']['head_epochs']} on digits" in helps["head_epochs"]
-    assert f"{DATASET_DEFAULTS['fashion-mnist']['head_epochs']} on fashion-mnist" in helps["head_epochs"]
-    assert {DATASET_DEFAULTS[d]["head_epochs"] for d in ("cifar10", "cifar100", "imagenette", "folder")} == {5}
-    assert DATASET_DEFAULTS["folder"]["epochs"] == DATASET_DEFAULTS["imagenette"]["epochs"]
-    assert DATASET_DEFAULTS["cifar100"]["epochs"] == DATASET_DEFAULTS["cifar10"]["epochs"]
+        assert f"{DATASET_DEFAULTS[dataset].epochs} on {key}" in helps["epochs"], dataset
+    assert f"{DATASET_DEFAULTS['digits'].head_epochs} on digits" in helps["head_epochs"]
+    assert f"{DATASET_DEFAULTS['fashion-mnist'].head_epochs} on fashion-mnist" in helps["head_epochs"]
+    assert {DATASET_DEFAULTS[d].head_epochs for d in ("cifar10", "cifar100", "imagenette", "folder")} == {5}
+    assert DATASET_DEFAULTS["folder"].epochs == DATASET_DEFAULTS["imagenette"].epochs
+    assert DATASET_DEFAULTS["cifar100"].epochs == DATASET_DEFAULTS["cifar10"].epochs
 
 
 def test_listings(capsys) -> None:

@@ -6,7 +6,9 @@ import gzip
 import io
 import pickle
 import struct
+import sys
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,15 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from leenet.data import (DatasetSpec, ImageFolderDataset, TensorImageDataset, dataset_names,
-                         load_dataset, make_loader, split_calibration)
+from leenet.data import (
+    DatasetSpec,
+    ImageFolderDataset,
+    TensorImageDataset,
+    dataset_names,
+    load_dataset,
+    make_loader,
+    split_calibration,
+)
 from leenet.datasets.idx import SYSTEM_DIR, parse_idx
 from leenet.datasets.memory import random_crop, random_flip
 from leenet.errors import DataError, LeenetError
@@ -123,9 +132,12 @@ def ids(ds: TensorImageDataset) -> set[int]:
 
 
 def test_registry_names_and_unknown_name() -> None:
-    assert dataset_names() == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagenette", "folder"]
-    with pytest.raises(DataError, match=r"unknown dataset 'cifar' \(valid: digits, fashion-mnist"):
+    assert dataset_names() == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagenette", "folder",
+                               "hf:NAME[:CONFIG]", "hf-local:DIR[:CONFIG]"]
+    with pytest.raises(DataError, match=r"unknown dataset 'cifar' \(valid: digits, fashion-mnist.*, hf:NAME"):
         load_dataset("cifar")
+    with pytest.raises(DataError, match="unknown dataset 'hf'"):  # a form's own name is not a dataset
+        load_dataset("hf")
     assert issubclass(DataError, LeenetError)
 
 
@@ -436,3 +448,21 @@ def test_download_failure_is_a_data_error(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(DataError, match="downloading http://fashion-mnist.*offline.*--data-dir"):
         load_dataset("fashion-mnist", data_dir=tmp_path / "fm", download=True)
     assert not list((tmp_path / "fm").glob("*"))  # no partial file left behind
+
+
+def test_hf_datasets_without_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for stand_in in (None, types.ModuleType("datasets")):  # not installed; tests/datasets seen as a namespace
+        monkeypatch.setitem(sys.modules, "datasets", stand_in)  # None: `import datasets` raises ImportError
+        for name in ("hf:uoft-cs/cifar10", f"hf-local:{tmp_path}"):
+            with pytest.raises(DataError, match=r"need the `datasets` package: pip install 'leenet\[hf\]'"):
+                load_dataset(name)
+
+
+def test_folder_dataset_of_encoded_images() -> None:
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((5, 7), dtype=np.uint8)).save(png, format="PNG")
+    ds = ImageFolderDataset([(png.getvalue(), 1), (b"junk", 0)], image_size=4, mean=(0.5,) * 3, std=(0.5,) * 3)
+    x, y = ds[0]
+    assert x.shape == (3, 4, 4) and y == 1 and ds.subset([1]).samples == [(b"junk", 0)]
+    with pytest.raises(DataError, match="cannot decode an encoded image of 4 bytes .*: replace or drop that row"):
+        ds[1]

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import FAST as CLI_FAST
+from test_model import assert_routing_matches
 from torch import Tensor
 
 from leenet.checkpoint import load_checkpoint
 from leenet.cli import main
-from leenet.heads import GateConfig
-from leenet.model import ExitNet
-from leenet.timing import measure_wall_clock
+from leenet.config import GateConfig
+from leenet.evaluate.timing import measure_wall_clock
+from leenet.nn.model import ExitNet
 
 from conftest import INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
-from test_cli import FAST as CLI_FAST
-from test_model import assert_routing_matches
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -1,18 +1,21 @@
 """ImageFolder trees (``root/train/<class>/*``, ``root/val/<class>/*``), loaded lazily with PIL.
 
-Used for ImageNette and for any user folder. Images are converted to RGB, so these datasets
-always yield 3 channels.
+Used for ImageNette, for any user folder, and for Hugging Face datasets whose images are too
+large or too varied to hold decoded (their samples are the encoded bytes instead of files).
+Images are converted to RGB, so these datasets always yield 3 channels.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import tarfile
 import urllib.error
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -35,14 +38,15 @@ IMAGENETTE_NAMES = {
     "n03888605": "parachute",
 }
 LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image>"
+ImageSource = Path | bytes  # an image file, or an encoded image (PNG, JPEG, ...) held in memory
 
 
 @dataclass
 class FolderData:
     """The image files of an ImageFolder tree, before the calibration split."""
 
-    train: list[tuple[Path, int]]  # (file, label) pairs
-    test: list[tuple[Path, int]]
+    train: list[tuple[ImageSource, int]]  # (file or encoded image, label) pairs
+    test: list[tuple[ImageSource, int]]
     class_names: tuple[str, ...]  # folder names, sorted; label i is class_names[i]
 
 
@@ -57,27 +61,31 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
                        v2.Normalize(list(mean), list(std))])
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Open an image file as RGB, turning any decoding failure into :class:`DataError`."""
+def open_rgb(source: ImageSource) -> Image.Image:
+    """Open an image file or encoded image as RGB; any decoding failure is a :class:`DataError`."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path} ({exc}): replace or delete the file") from exc
+        if isinstance(source, bytes):
+            raise DataError(f"cannot decode an encoded image of {len(source)} bytes ({exc}): "
+                            f"replace or drop that row of the dataset") from exc
+        raise DataError(f"cannot read image {source} ({exc}): replace or delete the file") from exc
 
 
 class ImageFolderDataset(Dataset):
-    """Images read from disk on access; ``ds[i]`` uses the eval transform unless ``augment``.
+    """Images decoded on access (from disk or from encoded bytes); ``ds[i]`` uses the eval
+    transform unless ``augment``.
 
     Args:
-        samples: ``(file, label)`` pairs.
+        samples: ``(file or encoded image, label)`` pairs.
         image_size: side of the square tensors produced.
         mean: per-channel normalization mean.
         std: per-channel normalization standard deviation.
         augment: use the training transform (see :meth:`with_augment`).
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], *, image_size: int,
+    def __init__(self, samples: Sequence[tuple[ImageSource, int]], *, image_size: int,
                  mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
         self.samples = list(samples)
         self.image_size = image_size
@@ -89,8 +97,8 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        path, label = self.samples[index]
-        return self.transform(open_rgb(path)), label
+        source, label = self.samples[index]
+        return self.transform(open_rgb(source)), label
 
     @property
     def labels(self) -> Tensor:
@@ -109,6 +117,19 @@ class ImageFolderDataset(Dataset):
         other.augment = augment
         other.transform = build_transform(self.image_size, self.mean, self.std, train=augment)
         return other
+
+
+class FolderImages:
+    """uint8 (K, 3, S, S) images of an :class:`ImageFolderDataset`, eval-cropped as the model saw them but
+    not normalized, decoded only when indexed (the report's exit gallery reads a few dozen)."""
+
+    def __init__(self, ds: ImageFolderDataset) -> None:
+        self.ds = ds
+        size = ds.image_size
+        self.geometry = v2.Compose([v2.ToImage(), v2.Resize(int(size * 256 / 224)), v2.CenterCrop(size)])
+
+    def __getitem__(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.geometry(open_rgb(self.ds.samples[int(i)][0])).numpy() for i in indices])
 
 
 def scan_split(split_dir: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:

@@ -1,0 +1,261 @@
+"""Backbone registry: name → builder, default exit points, input size and weights.
+
+Two small networks for the embedded and 28-pixel datasets, torchvision's ImageNet models
+(which can load torchvision's pretrained weights), and 32-pixel CIFAR variants of those
+(3×3 stride-1 stem, no early max-pool, random init only; see :mod:`leenet.archs`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models import WeightsEnum
+
+from leenet.backbones.archs import DigitsCNN, SmallResNet, VGGCifar, densenet121_cifar, resnet50_cifar
+from leenet.backbones.weights import (
+    adapt_first_conv,
+    classifier_name,
+    first_conv_name,
+    load_checked,
+    load_torchvision_weights,
+    read_state_dict,
+    replace_classifier,
+)
+from leenet.errors import CheckpointError, LeenetError
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """A registered backbone.
+
+    Attributes:
+        name: registry name.
+        builder: ``builder(num_classes, in_channels)`` → randomly initialized model.
+        default_exits: exit point names used when the user gives none.
+        input_size: native input height = width in pixels.
+        imagenet_normalization: pretrained weights expect ImageNet mean/std inputs.
+        weights_enum: torchvision weights enum class, or None when there are no weights.
+        description: one line for ``leenet backbones``.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    default_exits: tuple[str, ...]
+    input_size: int
+    imagenet_normalization: bool
+    weights_enum: type | None
+    description: str
+
+
+def _torchvision_backbone(
+    arch: str, num_classes: int, in_channels: int, *, weights: WeightsEnum | None = None
+) -> nn.Module:
+    """torchvision's ``arch``, with ``weights`` (an enum member) loaded before adapting it."""
+    if weights is None:
+        model = getattr(torchvision.models, arch)(num_classes=num_classes)
+    else:
+        model = load_torchvision_weights(arch, weights)
+        if len(weights.meta["categories"]) != num_classes:
+            replace_classifier(model, num_classes)
+    adapt_first_conv(model, in_channels, pretrained=weights is not None)
+    return model
+
+
+_RESNET_EXITS = ("layer1", "layer2", "layer3")
+# features.N after VGG-11's 2nd, 3rd and 4th max-pool (tests check them against the built model)
+_VGG11_EXITS = ("features.5", "features.10", "features.15")
+_VGG11_BN_EXITS = ("features.7", "features.14", "features.21")
+_DENSENET_EXITS = ("features.denseblock1", "features.denseblock2", "features.denseblock3")
+
+
+def _registry(*infos: BackboneInfo) -> dict[str, BackboneInfo]:
+    return {info.name: info for info in infos}
+
+
+BACKBONES: dict[str, BackboneInfo] = _registry(
+    BackboneInfo(
+        "digits_cnn", DigitsCNN, ("block1", "block2"), input_size=8, imagenet_normalization=False,
+        weights_enum=None, description="3-block CNN for 8x8 grey digits, 1.2 M MACs",
+    ),
+    BackboneInfo(
+        "small_resnet", SmallResNet, ("layer1.0", "layer1", "layer2", "layer3.0"), input_size=28,
+        imagenet_normalization=False, weights_enum=None,
+        description="ResNet, 3 stages of 2 BasicBlocks (24/48/96 wide) for 28-32 px, 45 M MACs at 28 px",
+    ),
+    BackboneInfo(
+        "resnet50", functools.partial(_torchvision_backbone, "resnet50"), _RESNET_EXITS, input_size=224,
+        imagenet_normalization=True, weights_enum=torchvision.models.ResNet50_Weights,
+        description="torchvision ResNet-50 for 224 px, 4.1 G MACs",
+    ),
+    BackboneInfo(
+        "vgg11_bn", functools.partial(_torchvision_backbone, "vgg11_bn"), _VGG11_BN_EXITS, input_size=224,
+        imagenet_normalization=True, weights_enum=torchvision.models.VGG11_BN_Weights,
+        description="torchvision VGG-11 with batch norm for 224 px, 7.6 G MACs",
+    ),
+    BackboneInfo(
+        "vgg11", functools.partial(_torchvision_backbone, "vgg11"), _VGG11_EXITS, input_size=224,
+        imagenet_normalization=True, weights_enum=torchvision.models.VGG11_Weights,
+        description="torchvision VGG-11 for 224 px, 7.6 G MACs",
+    ),
+    BackboneInfo(
+        "densenet121", functools.partial(_torchvision_backbone, "densenet121"), _DENSENET_EXITS,
+        input_size=224, imagenet_normalization=True, weights_enum=torchvision.models.DenseNet121_Weights,
+        description="torchvision DenseNet-121 for 224 px, 2.8 G MACs",
+    ),
+    BackboneInfo(
+        "resnet50_cifar", resnet50_cifar, _RESNET_EXITS, input_size=32, imagenet_normalization=False,
+        weights_enum=None, description="ResNet-50, 3x3 stride-1 stem, no max-pool, for 32 px, 1.3 G MACs",
+    ),
+    BackboneInfo(
+        "vgg11_bn_cifar", functools.partial(VGGCifar, batch_norm=True), _VGG11_BN_EXITS, input_size=32,
+        imagenet_normalization=False, weights_enum=None,
+        description="VGG-11-BN features, global pool, linear, for 32 px, 153 M MACs",
+    ),
+    BackboneInfo(
+        "vgg11_cifar", functools.partial(VGGCifar, batch_norm=False), _VGG11_EXITS, input_size=32,
+        imagenet_normalization=False, weights_enum=None,
+        description="VGG-11 features, global pool, linear, for 32 px, 153 M MACs",
+    ),
+    BackboneInfo(
+        "densenet121_cifar", densenet121_cifar, _DENSENET_EXITS, input_size=32,
+        imagenet_normalization=False, weights_enum=None,
+        description="DenseNet-121, 3x3 stride-1 stem, no max-pool, for 32 px, 0.89 G MACs",
+    ),
+)
+
+
+def backbone_names() -> list[str]:
+    """Names of the registered backbones, in registry order."""
+    return list(BACKBONES)
+
+
+def get_backbone_info(name: str) -> BackboneInfo:
+    """The registry entry for ``name``; raises LeenetError listing valid names if unknown."""
+    if name not in BACKBONES:
+        raise LeenetError(f"unknown backbone {name!r} (valid: {', '.join(BACKBONES)})")
+    return BACKBONES[name]
+
+
+def build_backbone(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    weights: str | Path | None = None,
+    transfer: bool = False,
+) -> nn.Module:
+    """Build a registered backbone, randomly initialized or with weights.
+
+    Args:
+        name: a registered backbone (see :func:`backbone_names`).
+        num_classes: outputs of the classifier.
+        in_channels: input image channels; the first conv is rebuilt when it differs from
+            the weights' (pretrained kernels are summed over RGB for one channel).
+        weights: None for random init; a member name of the backbone's torchvision
+            weights enum (``"DEFAULT"``, ``"IMAGENET1K_V1"``): downloaded once to the torch
+            hub cache, the classifier replaced (new, random) if ``num_classes`` differs; or
+            a path to a file holding a state dict, plain or under the key
+            ``backbone_state``, ``state_dict`` or ``model_state``.
+        transfer: the weights file is from another task (e.g. torchvision's ImageNet file
+            fetched by hand): load all but the classifier, which starts anew for
+            ``num_classes``, and adapt the first conv to ``in_channels``.
+
+    Returns:
+        The model, on the CPU, in training mode.
+
+    Raises:
+        LeenetError: unknown backbone or weights name, or the weights cannot be downloaded.
+        CheckpointError: the file is missing, unreadable or does not fit the backbone.
+    """
+    info = get_backbone_info(name)
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LeenetError(f"{arg} must be a positive integer, got {value!r}")
+    if weights is None:
+        return info.builder(num_classes, in_channels)
+    member = _weights_member(info, weights)
+    if member is not None:
+        return info.builder(num_classes, in_channels, weights=member)
+    state = read_state_dict(weights)
+    if transfer:
+        return _transfer(info, state, Path(weights), num_classes, in_channels)
+    model = info.builder(num_classes, in_channels)
+    load_checked(model, state, Path(weights), name, num_classes)
+    return model
+
+
+def torchvision_weights(name: str, weights: str | Path | None) -> WeightsEnum | None:
+    """The torchvision weights enum member ``weights`` names for backbone ``name``; None for a file.
+
+    Raises:
+        LeenetError: ``weights`` reads as an enum name the backbone does not have.
+    """
+    return None if weights is None else _weights_member(get_backbone_info(name), weights)
+
+
+def _weights_member(info: BackboneInfo, weights: str | Path) -> WeightsEnum | None:
+    """The torchvision enum member ``weights`` names, or None when it names a file."""
+    if not isinstance(weights, str) or Path(weights).exists():
+        return None
+    members = info.weights_enum.__members__ if info.weights_enum is not None else {}
+    if weights.upper() in members:
+        return members[weights.upper()]
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", weights):  # reads as an enum name, not a path
+        if not members:
+            raise LeenetError(
+                f"{info.name} has no torchvision weights; pass a state-dict file as weights "
+                "or use a 224-pixel backbone such as resnet50"
+            )
+        raise LeenetError(
+            f"unknown weights {weights!r} for {info.name} (valid: {', '.join(members)}, or a state-dict file)"
+        )
+    return None
+
+
+def weights_in_channels(name: str, weights: str | Path | None) -> int | None:
+    """Input channels that ``weights`` were trained on, to feed the data in that form.
+
+    Returns:
+        3 for torchvision's weights, the first conv's input channels for a state-dict file,
+        None for random init or when the file cannot tell (loading it reports why later).
+    """
+    if weights is None:
+        return None
+    info = get_backbone_info(name)
+    if _weights_member(info, weights) is not None:
+        return 3  # every torchvision classification weight is RGB
+    try:
+        state = read_state_dict(weights)
+    except CheckpointError:
+        return None
+    with torch.device("meta"):  # only the layer names are needed: build without allocating
+        probe = info.builder(1, 3)
+    first_conv = first_conv_name(probe) + ".weight"
+    kernel = state.get(first_conv)
+    return int(kernel.shape[1]) if kernel is not None and kernel.dim() == 4 else None
+
+
+def _transfer(
+    info: BackboneInfo, state: dict[str, Tensor], path: Path, num_classes: int, in_channels: int
+) -> nn.Module:
+    """Load a file from another task: its class and channel counts, then new classifier and stem."""
+    with torch.device("meta"):  # only the layer names are needed: build without allocating
+        probe = info.builder(1, in_channels)
+    classifier = classifier_name(probe) + ".weight"
+    first_conv = first_conv_name(probe) + ".weight"
+    if classifier not in state or first_conv not in state:
+        raise CheckpointError(f"{path} does not fit {info.name}: it lacks {classifier} or {first_conv}")
+    file_classes, file_channels = state[classifier].shape[0], state[first_conv].shape[1]
+    model = info.builder(file_classes, file_channels)
+    load_checked(model, state, path, info.name, file_classes)
+    if file_classes != num_classes:
+        replace_classifier(model, num_classes)
+    adapt_first_conv(model, in_channels, pretrained=True)
+    return model

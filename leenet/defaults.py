@@ -1,0 +1,74 @@
+"""Per-dataset defaults, and the one place a run's unset (None) settings are filled in.
+
+Chosen by measurement (benchmarks/objective_forms.py on digits, benchmarks/fashion_mnist.py;
+docs/benchmark.md): with digits' 287 calibration images the hard-target gates on confidence
+features win; with 10k calibration images gates that predict their exit's correctness win,
+helped by pooled features behind weak pooled-linear heads but not behind SDN heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from leenet.backbones.registry import get_backbone_info
+from leenet.config import GateConfig, GateTrainConfig, RunConfig
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    """What a run on one dataset uses for every setting left unset."""
+
+    arch: str  # backbone registry name
+    epochs: int  # backbone epochs when it is trained here
+    lr: float  # backbone peak learning rate
+    precision: str  # backbone training arithmetic
+    head_epochs: int  # exit-head epochs
+    head: str  # exit head kind
+    gate: GateConfig  # what gates see
+    gate_train: GateTrainConfig  # how gates are fit
+
+
+_SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
+_LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
+DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
+    # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
+    "digits": DatasetDefaults("digits_cnn", 40, 0.05, "fp32", 30, "flatten", **_SMALL_CALIB),
+    # The benchmark's recipe (benchmarks/fmnist_backbone.py). Its gates predict correctness from
+    # class probabilities too, learned on the training images (the early exits do not overfit
+    # them): chosen on calibration by the benchmark.
+    "fashion-mnist": DatasetDefaults(
+        "small_resnet", 24, 0.1, "auto", 6, "sdn", GateConfig(hidden=32, classes=True),
+        GateTrainConfig(objective="predict", loss="error", predictors_on="train", steps=1000)),
+    "cifar10": DatasetDefaults("resnet50_cifar", 30, 0.05, "auto", 5, "pool", **_LARGE_CALIB),
+    "cifar100": DatasetDefaults("resnet50_cifar", 30, 0.05, "auto", 5, "pool", **_LARGE_CALIB),
+    "imagenette": DatasetDefaults("resnet50", 20, 0.05, "auto", 5, "pool", **_LARGE_CALIB),
+    "folder": DatasetDefaults("resnet50", 20, 0.05, "auto", 5, "pool", **_LARGE_CALIB),
+}
+
+
+def dataset_defaults(dataset: str) -> DatasetDefaults:
+    """What a run on ``dataset`` uses for every setting left unset (other names: ``folder``'s)."""
+    return DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["folder"])
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """``config`` with every setting left unset (None) filled in from its dataset's defaults.
+
+    The backbone is trained for the dataset's epochs without weights or with ``--transfer``,
+    and kept as it is (0 epochs) with weights; exits default to the backbone's own.
+    """
+    d = dataset_defaults(config.data.dataset)
+    model, train = config.model, config.train
+    arch = model.arch or d.arch
+    if train.epochs is not None:
+        epochs = train.epochs
+    else:
+        epochs = d.epochs if model.weights is None or model.transfer else 0
+    return replace(
+        config,
+        model=replace(model, arch=arch, exits=tuple(model.exits or get_backbone_info(arch).default_exits),
+                      head=model.head or d.head, gate=model.gate or d.gate),
+        train=replace(train, epochs=epochs, lr=train.lr or d.lr, precision=train.precision or d.precision,
+                      head_epochs=d.head_epochs if train.head_epochs is None else train.head_epochs,
+                      gates=train.gates or d.gate_train),
+    )

@@ -1,0 +1,76 @@
+"""What an export needs to know besides the network: preprocessing and class names of a run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from leenet.data import Splits, TensorImageDataset, load_dataset
+from leenet.errors import LeenetError, brief
+from leenet_runtime.manifest import Preprocessing
+
+CROP_RATIO = 256 / 224  # folder datasets resize the shorter side to size * 256/224, then centre-crop
+
+
+def default_preprocessing(input_shape: Sequence[int]) -> Preprocessing:
+    """Stretch to the network's size, 8-bit pixels scaled to [0, 1], no normalization."""
+    channels, height, width = (int(n) for n in input_shape)
+    return Preprocessing(image_size=(height, width), resize="stretch", resize_size=0,
+                         color="L" if channels == 1 else "RGB", channels=channels, value_max=255.0,
+                         mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
+def run_metadata(spec: Mapping, run_dir: Path) -> tuple[Preprocessing, tuple[str, ...]]:
+    """The preprocessing and class names of the run whose checkpoint ``spec`` this is.
+
+    The dataset is loaded once (from the run's ``config.json`` data directory) for what the
+    checkpoint does not hold: its class names, native colour and resizing.
+
+    Raises:
+        LeenetError: the checkpoint names no dataset or the dataset cannot be read.
+    """
+    if "dataset" not in spec:
+        raise LeenetError(f"the checkpoint in {run_dir} names no dataset: export the network with "
+                          "export_onnx(net, ..., class_names=..., preprocessing=...)")
+    if "preprocessing" in spec and "class_names" in spec:  # runs since the checkpoint records them
+        return Preprocessing.from_dict(spec["preprocessing"]), tuple(spec["class_names"])
+    name = spec["dataset"]
+    try:
+        splits = load_dataset(name, data_dir=_data_dir(run_dir))
+    except LeenetError as exc:
+        raise LeenetError(f"the class names and image colour of {name} come from its files, which could not be "
+                          f"read ({brief(exc)}): make the data available, or pass class_names= and "
+                          "preprocessing=") from None
+    return preprocessing_of(splits, spec["input_shape"], spec["mean"], spec["std"]), tuple(splits.spec.class_names)
+
+
+def preprocessing_of(splits: Splits, input_shape: Sequence[int], mean: Sequence[float],
+                     std: Sequence[float]) -> Preprocessing:
+    """How an image file becomes an input exactly like the test images of ``splits``.
+
+    ``value_max`` describes the files, not the dataset: an 8-bit file's 255 maps to 1.0, as the
+    dataset's own full scale does in training (16 for digits, whose 0..16 the in-memory
+    dataset divides by 16), so a file's 0..255 maps linearly onto the dataset's range.
+    """
+    channels, height, width = (int(n) for n in input_shape)
+    common = {"image_size": (height, width), "channels": channels, "value_max": 255.0,
+              "mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std)}
+    test = splits.test
+    if isinstance(test, TensorImageDataset):  # stored arrays, resized as whole batches (leenet.datasets.memory)
+        color = "L" if test.images.shape[1] == 1 else "RGB"
+        return Preprocessing(resize="stretch", resize_size=0, color=color, **common)
+    # image files, torchvision's eval transform (leenet.datasets.folder.build_transform)
+    return Preprocessing(resize="shorter-side-crop", resize_size=int(height * CROP_RATIO), color="RGB", **common)
+
+
+def _data_dir(run_dir: Path) -> Path | None:
+    """The data directory the run read, from its ``config.json`` (None: the dataset's default)."""
+    config = run_dir / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data_dir = json.loads(config.read_text())["data"]["data_dir"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LeenetError(f"{config} is unreadable ({brief(exc)}): restore it from the run") from None
+    return Path(data_dir).expanduser() if data_dir is not None else None

@@ -1,0 +1,252 @@
+"""Staged ONNX export: one graph per stage, with its exit head and gate, plus the manifest.
+
+A routed network cannot be one graph (a graph decides for the whole batch), so stage ``i``
+becomes a graph ``x [, prev_logits] → features, logits, exit_prob`` and the runtime
+(:class:`leenet_runtime.ExitRunner`) compacts the batch between graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from leenet.checkpoint import load_checkpoint, read_checkpoint
+from leenet.errors import LeenetError, brief
+from leenet.export.metadata import default_preprocessing, run_metadata
+from leenet.nn.cost import heads_needed
+from leenet.nn.gates import gate_features
+from leenet.nn.heads import global_pool
+from leenet.nn.model import ExitNet
+from leenet.version import __version__
+from leenet_runtime.manifest import (
+    EXIT_PROB,
+    FEATURES,
+    FORMAT,
+    INPUT,
+    LOGITS,
+    MANIFEST_NAME,
+    PREV_LOGITS,
+    VERSION,
+    ExitEntry,
+    ExportError,
+    Manifest,
+    Preprocessing,
+    read_manifest,
+    write_manifest,
+)
+
+DEFAULT_OPSET = 17
+_CHECK_ATOL = 1e-3  # largest |torch - onnxruntime| accepted on the example batch at export
+
+
+class StageGraph(nn.Module):
+    """Stage ``i`` of an ExitNet with what runs right after it: the graph one ONNX file holds.
+
+    Args:
+        net: the network (eval mode).
+        index: the stage.
+        head: compute this exit's logits (an enabled gate needs them, here or later).
+        gate: compute this exit's probability (the gate is enabled).
+    """
+
+    def __init__(self, net: ExitNet, index: int, *, head: bool, gate: bool) -> None:
+        super().__init__()
+        self.stage = net.stages[index]
+        self.head = net.heads[index] if head else None
+        self.gate = net.gates[index] if gate else None
+        self.gate_config = net.gate_config
+        self.reads_history = gate and net.gate_config.history and index > 0
+        self.last = index == net.num_exits - 1
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return (INPUT, PREV_LOGITS) if self.reads_history else (INPUT,)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if self.last:
+            return (LOGITS,)
+        if self.head is None:
+            return (FEATURES,)
+        return (FEATURES, LOGITS, EXIT_PROB) if self.gate is not None else (FEATURES, LOGITS)
+
+    def forward(self, x: Tensor, prev_logits: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
+        """x (B, ...) [, prev_logits (B, i, K)] → features [, logits (B, K) [, exit_prob (B,)]].
+
+        The last stage returns the backbone's logits (B, K) only.
+        """
+        h = self.stage(x)
+        if self.head is None:
+            return h
+        logits = self.head(h)
+        if self.gate is None:
+            return h, logits
+        prev = prev_logits if self.reads_history else logits[:, None, :][:, :0]  # (B, 0, K): unused
+        pooled = global_pool(h) if self.gate_config.pooled else None
+        inputs = gate_features(logits, prev, pooled, self.gate_config)
+        return h, logits, torch.sigmoid(self.gate.logit(inputs))
+
+
+def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
+                class_names: list[str] | None = None, preprocessing: Preprocessing | None = None) -> Path:
+    """Write one ONNX graph per stage and ``manifest.json`` into ``out_dir``.
+
+    Args:
+        source: a run directory (or its ``model.pt``) from ``leenet run``, or an ExitNet.
+        out_dir: created if missing; must be empty or hold an earlier export (replaced).
+        opset: ONNX opset of the graphs.
+        class_names: overrides the run's class names (an ExitNet's default: "0", "1", ...).
+        preprocessing: overrides the run's preprocessing (an ExitNet's default: stretch to
+            its input size, 8-bit pixels scaled to [0, 1], no normalization).
+
+    Returns:
+        The path of the written ``manifest.json``.
+
+    Raises:
+        LeenetError: the onnx package is missing, no checkpoint in the run directory, a
+            network without an input shape, preprocessing of another shape, an output directory
+            holding other files, or a graph that does not export or disagrees with torch (its
+            files are then removed).
+    """
+    if importlib.util.find_spec("onnx") is None:  # torch.onnx.export writes through it
+        raise LeenetError("ONNX export needs the onnx package: pip install onnx")
+    if isinstance(source, ExitNet):
+        net, names, prep = source, class_names, preprocessing or default_preprocessing(_shape(source))
+    else:
+        model = _model_file(Path(source))
+        net = load_checkpoint(model)
+        prep, run_names = run_metadata(read_checkpoint(model)["spec"], model.parent)
+        names, prep = class_names or list(run_names), preprocessing or prep
+    net = copy.deepcopy(net).float().cpu().eval()
+    example = torch.randn(2, *_shape(net), generator=torch.Generator().manual_seed(0))
+    num_classes = _num_classes(net, example)
+    names = names or [str(k) for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise LeenetError(f"{len(names)} class names for a network with {num_classes} classes: "
+                          "pass one name per class")
+    if (prep.channels, *prep.image_size) != _shape(net):
+        raise LeenetError(f"the preprocessing makes {(prep.channels, *prep.image_size)} images but the network "
+                          f"reads {_shape(net)}: pass preprocessing= with the network's channels and image size")
+    out = _prepare_dir(Path(out_dir))
+    try:
+        exits = _export_graphs(net, _stage_graphs(net), example, out, opset)
+    except LeenetError:
+        for path in out.glob("stage*.onnx"):  # no half export left behind to block the next one
+            path.unlink()
+        raise
+    manifest = Manifest(
+        format=FORMAT, version=VERSION, leenet_version=__version__, opset=opset,
+        input_shape=_shape(net), dtype="float32", preprocessing=prep, class_names=tuple(names),
+        threshold=float(net.threshold), gate_history=bool(net.gate_config.history),
+        backbone_flops=int(net.backbone_flops), exits=tuple(exits), files={},
+    )
+    return write_manifest(out, manifest)
+
+
+def _shape(net: ExitNet) -> tuple[int, ...]:
+    if net.input_shape is None:
+        raise LeenetError("the network has no input shape, so its graphs cannot be sized: build it with "
+                          "attach_exits(..., input_shape=(C, H, W))")
+    return tuple(net.input_shape)
+
+
+def _num_classes(net: ExitNet, example: Tensor) -> int:
+    with torch.no_grad():
+        return int(net.forward_all(example).logits.shape[-1])
+
+
+def _model_file(source: Path) -> Path:
+    model = source / "model.pt" if source.is_dir() else source
+    if not model.is_file():
+        raise LeenetError(f"{source} has no model.pt: pass the directory of a finished `leenet run` "
+                          "(or its model.pt)")
+    return model
+
+
+def _prepare_dir(out: Path) -> Path:
+    """``out``, created; an earlier export in it is removed, any other file is refused."""
+    if out.exists() and not out.is_dir():
+        raise LeenetError(f"{out} is a file: pass a directory for the exported graphs")
+    out.mkdir(parents=True, exist_ok=True)
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return out
+    try:
+        old = read_manifest(out, verify=False) if MANIFEST_NAME in present else None
+    except ExportError as exc:
+        raise LeenetError(f"{out} holds an unreadable earlier export ({exc}): export into a new directory") from None
+    ours = set(old.files) | {MANIFEST_NAME} if old is not None else set()
+    if present - ours:
+        raise LeenetError(f"{out} holds other files ({', '.join(sorted(present - ours)[:3])}): "
+                          "export into an empty or new directory")
+    for name in present:
+        (out / name).unlink()
+    return out
+
+
+def _stage_graphs(net: ExitNet) -> list[StageGraph]:
+    enabled = net.enabled_exits().cpu()
+    needed = heads_needed(enabled, net.gate_config.history).tolist()
+    enabled = enabled.tolist()
+    last = net.num_exits - 1
+    return [StageGraph(net, i, head=i < last and needed[i], gate=i < last and enabled[i])
+            for i in range(net.num_exits)]
+
+
+@torch.no_grad()
+def _export_graphs(net: ExitNet, graphs: list[StageGraph], example: Tensor, out: Path,
+                   opset: int) -> list[ExitEntry]:
+    """Export each stage graph, check it against torch on ``example``, and describe it."""
+    costs = net.routed_cost().tolist()
+    entries, x = [], example
+    prev = None
+    for i, graph in enumerate(graphs):
+        args = (x, prev) if graph.reads_history else (x,)
+        expected = graph(*args)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        file = f"stage{i}.onnx"
+        _export_one(graph, args, out / file, opset)
+        _check_graph(out / file, graph, args, expected)
+        outs = dict(zip(graph.output_names, expected))
+        if not graph.last:
+            x = outs[FEATURES]
+        if LOGITS in outs and not graph.last:
+            logits = outs[LOGITS][:, None]  # (B, 1, K)
+            prev = logits if prev is None else torch.cat([prev, logits], dim=1)
+        entries.append(ExitEntry(
+            name=net.exit_names[i], cost=float(costs[i]), enabled=graph.last or graph.gate is not None,
+            head=graph.last or graph.head is not None, graph=file,
+            inputs=graph.input_names, outputs=graph.output_names))
+    return entries
+
+
+def _export_one(graph: StageGraph, args: tuple[Tensor, ...], path: Path, opset: int) -> None:
+    inputs, outputs = graph.input_names, graph.output_names
+    axes = {name: {0: "batch"} for name in (*inputs, *outputs)}
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    except Exception as exc:  # torch raises many types for unsupported operators
+        raise LeenetError(f"stage {path.stem} does not export to ONNX opset {opset} ({brief(exc)}): try "
+                          "another --opset, or a backbone without the unsupported operator") from None
+
+
+def _check_graph(path: Path, graph: StageGraph, args: tuple[Tensor, ...], expected: tuple[Tensor, ...]) -> None:
+    """Refuse a graph whose outputs on the example batch differ from torch's."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {name: a.numpy() for name, a in zip(graph.input_names, args)}
+    got = session.run(None, feeds)
+    for want, have in zip(expected, got):
+        err = float(np.abs(want.numpy() - have).max()) if want.numel() else 0.0
+        if not err <= _CHECK_ATOL:
+            raise LeenetError(f"the exported {path.name} differs from torch by {err:.2g} on a test batch: "
+                              "the backbone uses an operator ONNX computes differently; report it")

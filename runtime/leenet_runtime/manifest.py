@@ -1,0 +1,214 @@
+"""The export manifest: the one typed, versioned schema of an exported LEENet directory.
+
+``leenet.export`` writes it and :class:`~leenet_runtime.runner.ExitRunner` reads it; both
+use the dataclasses below, so the file's layout is defined here and nowhere else.
+
+An export directory holds one ONNX graph per stage and ``manifest.json``::
+
+    {"format": "leenet.export", "version": 1, "leenet_version": "0.1.0", "opset": 17,
+     "input_shape": [1, 8, 8], "dtype": "float32",
+     "preprocessing": {"image_size": [8, 8], "resize": "stretch", "resize_size": 0,
+                       "color": "L", "channels": 1, "value_max": 255.0,
+                       "mean": [0.3053], "std": [0.376]},
+     "class_names": ["0", ...], "threshold": 0.5, "gate_history": true,
+     "backbone_flops": 123456,
+     "exits": [{"name": "block1", "cost": 0.41, "enabled": true, "head": true,
+                "graph": "stage0.onnx", "inputs": ["x"], "outputs": ["features", "logits", "exit_prob"]}, ...],
+     "files": {"stage0.onnx": "<sha256>", ...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "leenet.export"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+RESIZE_MODES = ("stretch", "shorter-side-crop")
+COLORS = ("L", "RGB")
+# Graph tensor names (an ONNX graph may not reuse an input name for an output).
+INPUT, PREV_LOGITS = "x", "prev_logits"
+FEATURES, LOGITS, EXIT_PROB = "features", "logits", "exit_prob"
+
+
+class ExportError(RuntimeError):
+    """An export directory that cannot be used (missing, altered, another version) or a bad input.
+
+    The message is one line that says what is wrong and how to fix it.
+    """
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes one network input, exactly as the training images were made."""
+
+    image_size: tuple[int, int]  # (H, W) the network reads
+    resize: str  # "stretch": bilinear to image_size, antialiased when shrinking (in-memory datasets);
+    # "shorter-side-crop": shorter side to resize_size (PIL bilinear), then a centre crop (folder datasets)
+    resize_size: int  # shorter side before the centre crop; 0 with "stretch"
+    color: str  # "L" or "RGB": the colour of the training images; files are converted to it
+    channels: int  # channels the network reads (grey repeated to 3 when 3 and color "L")
+    value_max: float  # value of full brightness in an 8-bit file (255): it maps to 1.0, i.e. to the training
+    # images' full scale (16 for scikit-learn digits, whose 0..16 are scaled by 16 in memory)
+    mean: tuple[float, ...]  # per-channel mean subtracted after scaling to [0, 1]
+    std: tuple[float, ...]  # per-channel standard deviation divided by
+
+    @classmethod
+    def from_dict(cls, value: dict) -> Preprocessing:
+        """Preprocessing from its JSON form (a checkpoint's spec, a manifest's field)."""
+        return _convert(cls, value, "preprocessing")
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES or self.color not in COLORS:
+            raise ExportError(f"preprocessing resize {self.resize!r} / color {self.color!r} unknown "
+                              f"(valid: {', '.join(RESIZE_MODES)} / {', '.join(COLORS)})")
+        if not self.value_max > 0:
+            raise ExportError(f"preprocessing value_max must be positive, got {self.value_max}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
+            raise ExportError(f"preprocessing needs {self.channels} mean and positive std values, "
+                              f"got mean {self.mean}, std {self.std}")
+
+
+@dataclass(frozen=True)
+class ExitEntry:
+    """One exit and the stage graph that ends at it."""
+
+    name: str  # the exit's name (the last is the backbone's own classifier)
+    cost: float  # relative FLOPs of leaving here in the routed network (1.0 = the plain backbone)
+    enabled: bool  # whether the gate can let samples out here (always true for the final exit)
+    head: bool  # whether the graph computes this exit's logits (false: no enabled gate needs them)
+    graph: str  # ONNX file of the stage graph
+    inputs: tuple[str, ...]  # graph input names: "x" and, with gate history, "prev_logits"
+    outputs: tuple[str, ...]  # graph output names, a subset of ("features", "logits", "exit_prob")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a runtime needs besides the graphs themselves."""
+
+    format: str  # always FORMAT
+    version: int  # schema version, VERSION when written
+    leenet_version: str  # the LEENet release that exported the graphs
+    opset: int  # ONNX opset of the graphs
+    input_shape: tuple[int, ...]  # (C, H, W) of one preprocessed image
+    dtype: str  # dtype of the input batch ("float32")
+    preprocessing: Preprocessing
+    class_names: tuple[str, ...]
+    threshold: float  # a sample leaves at the first enabled exit whose exit_prob >= threshold
+    gate_history: bool  # gates read the earlier exits' logits (graph input "prev_logits")
+    backbone_flops: int  # FLOPs of the plain backbone for one image (cost * this = exit FLOPs)
+    exits: tuple[ExitEntry, ...]
+    files: dict[str, str]  # every other file of the directory → its sha256 (hex)
+
+    def __post_init__(self) -> None:
+        made = (self.preprocessing.channels, *self.preprocessing.image_size)
+        if made != tuple(self.input_shape):
+            raise ExportError(f"the manifest's preprocessing makes {made} images but its graphs read "
+                              f"input_shape {tuple(self.input_shape)}: export again")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest`` into ``out_dir`` with the sha256 of every other file there (atomically)."""
+    out_dir = Path(out_dir)
+    files = {p.name: sha256_of(p) for p in sorted(out_dir.iterdir())
+             if p.is_file() and p.name != MANIFEST_NAME and not p.name.endswith(".tmp")}
+    missing = [e.graph for e in manifest.exits if e.graph not in files]
+    if missing:
+        raise ExportError(f"{out_dir} lacks the graph files {', '.join(missing)}: export again")
+    payload = dataclasses.replace(manifest, files=files).to_dict()
+    path = out_dir / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(export_dir: str | Path, *, verify: bool = True) -> Manifest:
+    """Load ``export_dir/manifest.json``, check its schema and (``verify``) every file's sha256.
+
+    Raises:
+        ExportError: the directory or manifest is missing, of another format or version,
+            malformed, or a file it lists is missing or altered.
+    """
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST_NAME
+    fix = "export the model again with `leenet export RUN_DIR OUT_DIR`"
+    if not path.is_file():
+        raise ExportError(f"{path} not found: pass a directory written by `leenet export`")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is not readable JSON ({' '.join(str(exc).split())}): {fix}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a LEENet export manifest (format {FORMAT!r}): {fix}")
+    if raw.get("version") != VERSION:
+        raise ExportError(f"{path} has manifest version {raw.get('version')!r}, this runtime reads "
+                          f"version {VERSION}: use the matching leenet-runtime or {fix}")
+    manifest = _convert(Manifest, raw, "manifest")
+    if verify:
+        verify_files(export_dir, manifest)
+    return manifest
+
+
+def verify_files(export_dir: Path, manifest: Manifest) -> None:
+    """Raise :class:`ExportError` if a listed file is missing or its sha256 differs."""
+    unlisted = [e.graph for e in manifest.exits if e.graph not in manifest.files]
+    if unlisted:
+        raise ExportError(f"{export_dir / MANIFEST_NAME} lists no hash for {', '.join(unlisted)}: export again")
+    for name, expected in manifest.files.items():
+        file = export_dir / name
+        if Path(name).name != name or not file.is_file():
+            raise ExportError(f"{file} is missing: copy the whole export directory or export again")
+        if sha256_of(file) != expected:
+            raise ExportError(f"{file} was altered since export (sha256 differs from the manifest's): "
+                              "restore the original file or export again")
+
+
+def _convert(kind, value, where: str):
+    """``value`` (parsed JSON) as ``kind`` (a type hint of the schema), or an ExportError naming ``where``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise _bad(where, "an object", value)
+        hints = typing.get_type_hints(kind)
+        names = [f.name for f in dataclasses.fields(kind)]
+        missing = [n for n in names if n not in value]
+        if missing:
+            raise ExportError(f"{where} lacks {', '.join(missing)}: the manifest is damaged or from "
+                              "another release; export again")
+        return kind(**{n: _convert(hints[n], value[n], f"{where}.{n}") for n in names})
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _bad(where, "a list", value)
+        return tuple(_convert(args[0], v, f"{where}[{k}]") for k, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(where, "an object", value)
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise _bad(where, kind.__name__, value)
+
+
+def _bad(where: str, want: str, value) -> ExportError:
+    return ExportError(f"manifest field {where} should be {want}, got {type(value).__name__}: export again")
