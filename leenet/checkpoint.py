@@ -1,14 +1,19 @@
 """Versioned checkpoints: a plain dict of tensors and JSON-able config, loaded with ``weights_only=True``.
 
-Version 2 stores every buffer of the network (each exit's head and gate cost, each gate's
-``enabled`` flag). Version 1 files, written before some of those existed, are migrated on
-read by :func:`_migrate_v1`, explicitly, rather than patched while loading a module.
+Version 3 describes the network itself (:func:`network_spec`: its exits, head kind, each
+exit's feature layout, gate settings, input shape and, for a backbone made by
+:func:`leenet.build_backbone`, its name), so ``save_checkpoint(path, net)`` needs nothing
+else; ``arch`` is None for other backbones, which are passed again to :func:`load_checkpoint`
+(a model, or the same explicit list of stages). Version 2 added every buffer of the network
+(head and gate costs, each gate's ``enabled`` flag). Older files are migrated on read by
+:func:`_migrate_v1` and :func:`_migrate_v2`, explicitly, rather than patched while loading a module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -18,35 +23,62 @@ from leenet.backbones.registry import build_backbone
 from leenet.backbones.weights import load_tensors
 from leenet.config import GateConfig, check_alpha
 from leenet.errors import CheckpointError, LeenetError, brief
-from leenet.nn.model import ExitNet, attach_exits
+from leenet.nn.attach import attach_exits
+from leenet.nn.heads import HEAD_TYPES, FeatureLayout
+from leenet.nn.model import ExitNet
 
 FORMAT = "leenet.exitnet"
-VERSION = 2
-_REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold")
+VERSION = 3
+_REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold", "layouts")
+
+
+def network_spec(net: ExitNet) -> dict:
+    """What rebuilding ``net`` takes, read from the network (JSON-able; the keys of ``_REQUIRED``).
+
+    Raises:
+        LeenetError: ``net`` has heads LEENet did not make (no kind or layout to record).
+    """
+    heads = list(net.heads)
+    if not all(isinstance(h, HEAD_TYPES) for h in heads) or len({h.kind for h in heads}) > 1:
+        raise LeenetError("this network's heads were not made by attach_exits (or mix kinds): save its "
+                          "state_dict() yourself, or build it with attach_exits")
+    return {
+        "arch": net.backbone_arch, "exits": net.exit_names[:-1],
+        "num_classes": heads[0].fc.out_features if heads else None,
+        "input_shape": list(net.input_shape) if net.input_shape is not None else None,
+        "head": heads[0].kind if heads else "pool", "gate": dataclasses.asdict(net.gate_config),
+        "threshold": net.threshold, "layouts": [h.layout.as_list() for h in heads],
+    }
 
 
 def save_checkpoint(
-    path: str | Path, net: ExitNet, spec: Mapping, *, gate_bank: Mapping[float, nn.ModuleList] | None = None
+    path: str | Path, net: ExitNet, spec: Mapping | None = None, *,
+    gate_bank: Mapping[float, nn.ModuleList] | None = None,
 ) -> Path:
-    """Write ``net`` with the spec needed to rebuild it.
+    """Write ``net`` with what rebuilding it takes.
 
     Args:
         path: file to write (written to a temporary name, then renamed: never half-written).
-        net: the network (its gates are the selected ones).
-        spec: JSON-able build settings: ``arch``, ``exits``, ``num_classes``,
-            ``input_shape``, ``head``, ``gate`` (GateConfig fields), ``threshold``; anything
-            else (dataset, normalization, alpha) is kept as metadata.
+        net: the network (its gates are the selected ones), made by :func:`attach_exits`.
+        spec: optional JSON-able settings laid over :func:`network_spec` (``arch`` when the
+            backbone did not come from :func:`leenet.build_backbone`); anything else
+            (dataset, normalization, alpha) is kept as metadata.
         gate_bank: gates trained for other alphas, so a user can switch without retraining.
     """
-    missing = [k for k in _REQUIRED if k not in spec]
-    if missing:
-        raise LeenetError(f"checkpoint spec lacks {', '.join(missing)}")
+    spec = {**network_spec(net), **(spec or {})}
+    if spec["num_classes"] is None or spec["input_shape"] is None:
+        raise LeenetError("save_checkpoint needs a network made by attach_exits (its input shape and "
+                          "class count are unknown here): pass them in spec")
+    try:  # the plain backbone's weights, under its own names, for use without LEENet
+        backbone_state = {k: v.detach().cpu() for k, v in net.backbone_state_dict().items()}
+    except LeenetError:  # hand-cut stages reuse names: the plain backbone's state dict is unknown
+        backbone_state = None
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "spec": dict(spec),
+        "spec": spec,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "backbone_state": {k: v.detach().cpu() for k, v in net.backbone_state_dict().items()},
+        "backbone_state": backbone_state,
         "gate_bank": {
             repr(float(alpha)): {k: v.detach().cpu() for k, v in gates.state_dict().items()}
             for alpha, gates in (gate_bank or {}).items()
@@ -71,6 +103,8 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     if payload.get("version") == 1:
         payload = _migrate_v1(payload)
+    if payload.get("version") == 2:
+        payload = _migrate_v2(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')}, this LEENet reads version {VERSION}: "
@@ -86,15 +120,16 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(
-    path: str | Path, *, backbone: nn.Module | None = None, alpha: float | None = None,
+    path: str | Path, *, backbone: nn.Module | Sequence[nn.Module] | None = None, alpha: float | None = None,
     map_location: str | torch.device = "cpu",
 ) -> ExitNet:
     """Rebuild the ExitNet saved at ``path``.
 
     Args:
         path: a file written by :func:`save_checkpoint`.
-        backbone: the architecture to rebuild on, for backbones that are not in the zoo
-            (random init is fine: the weights come from the file).
+        backbone: the architecture to rebuild on, for backbones :func:`leenet.build_backbone`
+            did not make: the model, or the explicit list of stages the network was built
+            from (random init is fine: the weights come from the file).
         alpha: pick the gates trained for this alpha from the file's gate bank instead of
             the selected ones.
         map_location: device for the returned network.
@@ -102,7 +137,11 @@ def load_checkpoint(
     payload = read_checkpoint(path)
     spec = payload["spec"]
     if backbone is None:
-        backbone = build_backbone(spec["arch"], num_classes=spec["num_classes"], in_channels=spec["input_shape"][0])
+        if spec["arch"] is None:
+            raise CheckpointError(f"{path} was built on a backbone LEENet cannot rebuild by name: pass it "
+                                  "again as load_checkpoint(path, backbone=model_or_list_of_stages)")
+        backbone = build_backbone(spec["arch"], num_classes=spec["num_classes"], in_channels=spec["input_shape"][0],
+                                  image_size=spec["input_shape"][-1])
     try:
         gate_config = GateConfig(**spec["gate"])
     except TypeError as exc:  # settings this version does not know
@@ -110,6 +149,7 @@ def load_checkpoint(
     net = attach_exits(
         backbone, spec["exits"], input_shape=spec["input_shape"], num_classes=spec["num_classes"],
         head=spec["head"], gate_config=gate_config, threshold=spec["threshold"],
+        layout=None if spec["layouts"] is None else [FeatureLayout.of(lay) for lay in spec["layouts"]],
     )
     _load_strict(net, payload["state_dict"], path)
     if alpha is not None:
@@ -150,3 +190,12 @@ def _migrate_v1(payload: dict) -> dict:
             for alpha, gates_state in bank.items() if isinstance(gates_state, dict)}
     return {**payload, "version": 2, "state_dict": state, "gate_bank": bank}
 
+
+
+def _migrate_v2(payload: dict) -> dict:
+    """A version-2 checkpoint as version 3: its exits' layouts are detected again when loaded
+    (``layouts`` None), as version 2 did."""
+    spec = payload.get("spec")
+    if not isinstance(spec, dict):
+        return payload  # damaged: read_checkpoint says so
+    return {**payload, "version": 3, "spec": {**spec, "layouts": None}}

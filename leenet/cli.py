@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -13,6 +15,7 @@ from pathlib import Path
 from leenet.backbones import BACKBONES, build_backbone, get_backbone_info
 from leenet.config import (
     ALPHA_UNITS,
+    COST_UNITS,
     DEVICES,
     HEAD_KINDS,
     LOSS_KINDS,
@@ -42,6 +45,8 @@ EPILOG = """examples:
   leenet run --max-drop 0.005                  # cheapest policy losing <= 0.5 accuracy points
   leenet run --target-cost 0.5                 # best policy at <= 50% of the backbone's FLOPs
   leenet exits --arch resnet50                 # where a backbone can be cut
+  leenet run --dataset fashion-mnist --resume runs/fmnist   # continue a killed run (same arguments)
+  torchrun --nproc_per_node 8 -m leenet run --dataset imagenette --batch-size 64   # 8 GPUs, batch per GPU
 """
 
 
@@ -71,7 +76,8 @@ def _add_run_parser(sub) -> None:
     )
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="digits", help="digits (default, built in), fashion-mnist, cifar10, "
-                   "cifar100, imagenette, or folder (an ImageFolder tree with train/ and val/)")
+                   "cifar100, imagenette, folder (an ImageFolder tree with train/ and val/), hf:NAME[:CONFIG] (a "
+                   "Hugging Face dataset from the local cache; pip install 'leenet[hf]') or hf-local:DIR[:CONFIG]")
     d.add_argument("--data-dir", help="where the dataset lives (fashion-mnist default: "
                    "/usr/share/datasets/fashion-mnist from the Debian package dataset-fashion-mnist)")
     d.add_argument("--download", action="store_true", help="download the dataset if missing (needs internet)")
@@ -80,11 +86,14 @@ def _add_run_parser(sub) -> None:
     d.add_argument("--image-size", type=int, help="resize images to this (default: the dataset's size for "
                    "small backbones, 224 for ImageNet backbones)")
     d.add_argument("--batch-size", type=int, default=128, help="batch size for training and evaluation "
-                   "(default 128)")
+                   "(default 128); under torchrun, per process")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", help="backbone name (see `leenet backbones`; default depends on the dataset)")
-    m.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1; needs internet) or a "
-                   "file: a state dict or a LEENet model.pt. Without it the backbone is trained here")
+    m.add_argument("--arch", help="backbone: a registry name (see `leenet backbones`), tv:NAME (any torchvision "
+                   "classifier), timm:NAME (any timm model; pip install 'leenet[timm]') or module.path:factory "
+                   "(your own, called with num_classes); default depends on the dataset")
+    m.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1), for timm:NAME 'pretrained' "
+                   "or a timm tag; these need internet; or a file: a state dict or a LEENet model.pt. Without it "
+                   "the backbone is trained here")
     m.add_argument("--num-classes", type=int, help="replace the backbone's classifier for this many classes")
     m.add_argument("--transfer", action="store_true", help="with --weights: train only the classifier")
     m.add_argument("--exits", help="comma-separated module names to exit after, e.g. layer1,layer2,layer3 "
@@ -142,15 +151,23 @@ def _add_run_parser(sub) -> None:
                     help="standard errors of slack a budget keeps on calibration, so that it also holds on new "
                          "data (default 1.5: about 85%% of budgets at the edge hold; 0 = none, 2.5 = surer but "
                          "dearer); also used for the report's operating points")
+    p_.add_argument("--cost", choices=COST_UNITS, default="flops",
+                    help="what an exit costs: flops (portable; default) or latency (every stage, head and gate "
+                         "timed on --device at --latency-batch, median of repeats: what inference pays there)")
+    p_.add_argument("--latency-batch", type=int, default=1, metavar="N",
+                    help="images per call when --cost latency is measured (default 1: latency)")
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=int, default=0, help="seeds the calibration split, initialization and training "
                    "(default 0)")
     o.add_argument("--device", default="auto", choices=DEVICES,
                    help="where to compute (default auto: cuda when available)")
-    o.add_argument("--out", help="run directory (default runs/<dataset>-<arch>-<time>)")
+    o.add_argument("--out", help="run directory (default runs/<dataset>-<arch>-<time>); it keeps every finished "
+                   "stage until the run ends")
     o.add_argument("--overwrite", action="store_true", help="allow replacing the results in --out")
+    o.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished stage "
+                   "or epoch; give the run's other arguments again (a run with other settings is refused)")
     o.add_argument("--no-timing", action="store_true", help="skip the wall-clock measurement")
-    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    o.add_argument("--quiet", action="store_true", help="no progress bars (nor, in a log, a line per epoch)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("exits", help="list the valid exit points of a backbone",
                        description="List where a backbone can be cut into stages: the names --exits accepts, one "
                        "per cut, in execution order.")
-    e.add_argument("--arch", required=True, help="backbone name (see `leenet backbones`)")
+    e.add_argument("--arch", required=True, help="backbone: registry name, tv:NAME, timm:NAME or module.path:factory")
     r = sub.add_parser("report", help="re-render report.html from a run directory's results.json",
                        description="Redraw report.html and its plots from the results.json of a finished run "
                        "(after an update of LEENet, or when drawing failed during the run).")
@@ -191,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=64, help="images routed together (default 64)")
     q.add_argument("--json", action="store_true", help="one JSON object per line: file, class, class_index, "
                    "confidence, exit, exit_index, cost")
-    q.add_argument("--value-max", type=float, help="pixel value of full brightness in the files (default 255)")
+    q.add_argument("--value-max", type=float, help="value of full brightness in the files (default: their bit "
+                   "depth's, 255 for 8-bit and 65535 for 16-bit, mapped onto the training images' range)")
     q.add_argument("--device", default="cpu", help="where the torch engine runs (default cpu)")
     return parser
 
@@ -224,13 +242,22 @@ def run_config_from_args(args: argparse.Namespace):
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,
+        cost=args.cost, latency_batch=args.latency_batch,
         **({} if args.budget_margin is None else {"budget_margin": args.budget_margin}),
     )
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "run":
-        results = run(run_config_from_args(args), log=lambda m: print(m, file=sys.stderr))
+        if args.resume is not None and args.out not in (None, args.resume):
+            raise LeenetError("--resume names the run directory to continue: drop --out, or give the same one")
+        config = run_config_from_args(args)
+        if args.resume is not None:
+            config = dataclasses.replace(config, out=args.resume)
+        results = run(config, log=lambda m: print(m, file=sys.stderr), resume=args.resume is not None,
+                      on_stop=lambda out: _say_how_to_resume(argv, out))
+        if results is None:  # another process of a torchrun job: rank 0 prints
+            return 0
         print(summary_table(results))
         if "budget" in results:
             print("budget: " + results["budget"]["message"])
@@ -239,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name:18s} {info.description}\n{'':18s} default exits: {','.join(info.default_exits)}")
     elif args.command == "datasets":
         for name, entry in DATASETS.items():
-            print(f"{name:14s} {entry.description}")
+            print(f"{name:22s} {entry.description}")
     elif args.command == "exits":
         info = get_backbone_info(args.arch)
         print(f"default: {','.join(info.default_exits)}")
@@ -276,6 +303,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _say_how_to_resume(argv: list[str], out: Path) -> None:
+    """The command that continues an interrupted run: its arguments, with --resume instead of --out."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--resume"):
+            skip = True
+        elif not arg.startswith(("--out=", "--resume=")) and arg != "--overwrite":
+            kept.append(arg)
+    where = " (with torchrun and as many processes)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"stopped: the finished stages are kept in {out}; continue with{where}: "
+          f"leenet {shlex.join([*kept, '--resume', str(out)])}", file=sys.stderr)
+
+
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """A SIGTERM (a scheduler's time limit, `kill`) exits like Ctrl-C does, through the run's
@@ -297,13 +339,14 @@ def _sigterm_unwinds():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leenet` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         with _sigterm_unwinds():
-            return _dispatch(args)
+            return _dispatch(args, argv)
     except LeenetError as exc:
         print(f"error: {brief(exc, limit=None)}", file=sys.stderr)  # one line, whatever a wrapped reason held
         return 2

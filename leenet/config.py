@@ -17,12 +17,13 @@ PREDICTOR_SPLITS = ("calib", "train")
 PRECISIONS = ("auto", "fp32", "bf16")  # backbone training arithmetic
 SCORE_KINDS = ("max_softmax", "entropy")  # confidence-threshold baselines
 DEVICES = ("auto", "cpu", "cuda")
+COST_UNITS = ("flops", "latency")  # what an exit's cost counts
 
 TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
 # Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
 # figure scatters around the calibration one by about sqrt(2) of them (two samples of the same
 # size), so 1.5 is about one standard error of that difference: a setting right at the budget
-# still holds on test about 85 % of the time (measured in docs/benchmark.md).
+# still holds on test most of the time (benchmarks/budget_hold.py; the figures are in docs/benchmark.md).
 BUDGET_MARGIN = 1.5
 MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
 MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)
@@ -189,6 +190,9 @@ class RunConfig:
     target_cost: float | None = None  # budget: mean cost <= this fraction of backbone FLOPs
     max_drop: float | None = None  # budget: accuracy drop <= this fraction (0.005 = 0.5 pt)
     budget_margin: float = BUDGET_MARGIN  # standard errors of slack budgets keep on calibration
+    cost: str = "flops"  # "flops" (portable) or "latency" (every stage, head and gate timed on the run's
+    # device at latency_batch: what inference pays there; see leenet.evaluate.latency)
+    latency_batch: int = 1  # images per call when the latency cost is measured
     seed: int = 0  # seeds data splits, initialization and training
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     out: str | None = None  # run directory; None = runs/<dataset>-<arch>-<time>
@@ -214,6 +218,10 @@ class RunConfig:
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise LeenetError(f"--max-drop must be a fraction in [0, 1) (0.005 = 0.5 points), got {self.max_drop}")
         check_margin(self.budget_margin)
+        if self.cost not in COST_UNITS:
+            raise LeenetError(f"unknown --cost '{self.cost}' (valid: {', '.join(COST_UNITS)})")
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise LeenetError(f"--latency-batch must be a whole number >= 1, got {self.latency_batch}")
         if self.train.epochs == 0 and self.model.weights is None:
             raise LeenetError("--epochs 0 keeps the backbone as it is, which needs --weights (a file or a torchvision "
                               "weights name): without them it would be untrained; drop --epochs 0 to train it here")

@@ -31,7 +31,7 @@ class DatasetDefaults:
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
 _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
-    # 8x8 digit maps lose their shape when pooled: flatten heads see it (94% at 2% FLOPs vs 10%).
+    # 8x8 digit maps lose their shape when pooled: flatten heads see it (measured in docs/benchmark.md).
     "digits": DatasetDefaults("digits_cnn", 40, 0.05, "fp32", 30, "flatten", **_SMALL_CALIB),
     # The benchmark's recipe (benchmarks/fmnist_backbone.py). Its gates predict correctness from
     # class probabilities too, learned on the training images (the early exits do not overfit
@@ -46,9 +46,21 @@ DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
 }
 
 
+# Hugging Face copies of the built-in datasets take their defaults (a name contains the key).
+_HF_ALIASES = (("cifar100", "cifar100"), ("cifar10", "cifar10"), ("imagenette", "imagenette"),
+               ("fashion_mnist", "fashion-mnist"), ("fashion-mnist", "fashion-mnist"))
+
+
 def dataset_defaults(dataset: str) -> DatasetDefaults:
-    """What a run on ``dataset`` uses for every setting left unset (other names: ``folder``'s)."""
-    return DATASET_DEFAULTS.get(dataset, DATASET_DEFAULTS["folder"])
+    """What a run on ``dataset`` uses for every setting left unset: a built-in dataset's own, a
+    Hugging Face copy of one its (``hf:uoft-cs/cifar10`` → ``cifar10``), anything else ``folder``'s."""
+    if dataset in DATASET_DEFAULTS:
+        return DATASET_DEFAULTS[dataset]
+    if dataset.startswith(("hf:", "hf-local:")):
+        name = dataset.split(":", 1)[1].lower()
+        alias = next((key for part, key in _HF_ALIASES if part in name), "folder")
+        return DATASET_DEFAULTS[alias]
+    return DATASET_DEFAULTS["folder"]
 
 
 def resolve(config: RunConfig) -> RunConfig:

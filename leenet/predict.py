@@ -34,7 +34,8 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
             written by :func:`leenet.export.export_onnx` for ``engine="onnx"``.
         paths: image files, or directories whose image files are read in name order.
         engine: ``"torch"`` routes with :class:`~leenet.ExitNet`; ``"onnx"`` with
-            :class:`leenet_runtime.ExitRunner` (CUDA if onnxruntime has it, else CPU).
+            :class:`leenet_runtime.ExitRunner` (CUDA if onnxruntime has it, else CPU; on the
+            CPU with ``torch.get_num_threads()`` threads, like the torch engine).
         batch_size: images routed together.
         value_max: file value of full brightness (default: the files' bit depth's, 255 for 8-bit,
             which maps onto the training images' range, e.g. 0..16 for digits).
@@ -60,7 +61,10 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         raise LeenetError(f"{path} is an ONNX export: use the onnx engine (--engine onnx), or pass the run directory")
     try:
         if engine == "onnx":
-            yield from predict(ExitRunner(path), paths, batch_size=batch_size, value_max=value_max, on_error=on_error)
+            # as many threads as torch uses (OMP_NUM_THREADS): onnxruntime's default, every core,
+            # spins and runs several times slower on a shared machine
+            runner = ExitRunner(path, threads=torch.get_num_threads())
+            yield from predict(runner, paths, batch_size=batch_size, value_max=value_max, on_error=on_error)
         else:
             yield from _predict_torch(path, paths, batch_size=batch_size, value_max=value_max, device=device,
                                       on_error=on_error)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from leenet.errors import LeenetError
 
+STAGES = "stages"  # the folder of a run directory that holds its finished stages until the run ends
+
 
 def prepare_out_dir(out: str | None, dataset: str, arch: str, *, overwrite: bool) -> Path:
     """Create the run directory before any work; refuses an earlier run's unless asked to overwrite.
@@ -26,12 +28,28 @@ def prepare_out_dir(out: str | None, dataset: str, arch: str, *, overwrite: bool
         raise LeenetError(f"--out {out} is a file: choose a directory path")
     if (out / "results.json").exists() and not overwrite:
         raise LeenetError(f"{out} already holds a run's results: choose another --out, or add --overwrite")
+    if (out / STAGES).is_dir() and not overwrite:
+        raise LeenetError(f"{out} holds an interrupted run: continue it with `leenet run ... --resume {out}`, "
+                          f"or start over with --overwrite")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LeenetError(f"cannot create --out {out} ({exc.strerror or exc}): "
                           f"choose a directory path you can write") from None
     return out
+
+
+def resume_dir(out: str) -> Path:
+    """The directory of an interrupted run to continue; refuses a finished run or a non-run."""
+    path = Path(out)
+    if not path.is_dir():
+        raise LeenetError(f"--resume {out}: no such run directory; start the run with --out")
+    if (path / "results.json").exists():
+        raise LeenetError(f"--resume {out}: that run finished; its results are kept as they are")
+    if not (path / "config.json").is_file():
+        raise LeenetError(f"--resume {out}: no stage of a run finished there (no config.json); "
+                          f"start it again with --out")
+    return path
 
 
 def claim_dir(base: Path) -> Path:
@@ -57,6 +75,11 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
+
+
+def as_json(payload: dict) -> dict:
+    """``payload`` as :func:`write_json` writes it and ``json`` reads it back (tuples become lists)."""
+    return json.loads(json.dumps(payload, default=_json_default))
 
 
 def _json_default(value):

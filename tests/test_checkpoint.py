@@ -7,10 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from leenet import CheckpointError, GateConfig, attach_exits, load_checkpoint, save_checkpoint
+from leenet import (
+    CheckpointError,
+    GateConfig,
+    attach_exits,
+    build_backbone,
+    get_backbone_info,
+    load_checkpoint,
+    save_checkpoint,
+)
 from leenet.checkpoint import read_checkpoint
 
-from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, make_tiny_cnn, mix_exits_
+from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
 
 
 def _saved(tmp_path: Path, tiny_input: torch.Tensor) -> tuple[Path, torch.nn.Module]:
@@ -29,7 +37,7 @@ def test_round_trip_routes_the_same(tmp_path: Path, tiny_input: torch.Tensor) ->
     logits, exits = net(tiny_input)
     logits2, exits2 = again(tiny_input)
     assert torch.equal(exits, exits2) and torch.allclose(logits, logits2)
-    assert read_checkpoint(path)["version"] == 2
+    assert read_checkpoint(path)["version"] == 3
 
 
 def test_version_1_files_are_migrated(tmp_path: Path, tiny_input: torch.Tensor) -> None:
@@ -57,3 +65,43 @@ def test_other_versions_are_refused_in_one_line(tmp_path: Path, tiny_input: torc
     with pytest.raises(CheckpointError, match="version 99") as info:
         load_checkpoint(tmp_path / "v99.pt", backbone=make_tiny_cnn())
     assert "\n" not in str(info.value)
+
+
+def test_the_network_alone_is_enough_to_save_a_registry_backbone(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("digits_cnn", num_classes=10, in_channels=1)
+    net = attach_exits(backbone, list(get_backbone_info("digits_cnn").default_exits), input_shape=(1, 8, 8),
+                       num_classes=10, head="sdn")
+    x = torch.randn(16, 1, 8, 8)
+    mix_exits_(net, x, 0.5)
+    save_checkpoint(tmp_path / "model.pt", net)
+    spec = read_checkpoint(tmp_path / "model.pt")["spec"]
+    assert spec["arch"] == "digits_cnn" and spec["head"] == "sdn" and spec["layouts"] == [["nchw", 0]] * 2
+    again = load_checkpoint(tmp_path / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(net(x), again(x)))
+
+
+def test_explicit_stages_save_and_load_with_the_same_stages(tmp_path: Path, tiny_input: torch.Tensor) -> None:
+    net = attach_exits(explicit_stages(make_tiny_cnn()), ["a", "b", "c"], input_shape=INPUT_SHAPE,
+                       num_classes=NUM_CLASSES)
+    mix_exits_(net, tiny_input, 0.5)
+    path = save_checkpoint(tmp_path / "model.pt", net)
+    assert read_checkpoint(path)["backbone_state"] is None  # hand-cut stages reuse names: no plain state dict
+    with pytest.raises(CheckpointError, match="pass it again as load_checkpoint") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    again = load_checkpoint(path, backbone=explicit_stages(make_tiny_cnn(seed=3)))
+    assert again.exit_names == ["a", "b", "c", "final"]
+    assert all(torch.equal(a, b) for a, b in zip(net(tiny_input), again(tiny_input)))
+
+
+def test_version_2_files_are_migrated(tmp_path: Path, tiny_input: torch.Tensor) -> None:
+    """Version 2 files have no layouts: they are detected again on load, as version 2 did."""
+    path, net = _saved(tmp_path, tiny_input)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 2
+    del payload["spec"]["layouts"]
+    torch.save(payload, tmp_path / "v2.pt")
+    assert read_checkpoint(tmp_path / "v2.pt")["spec"]["layouts"] is None
+    old = load_checkpoint(tmp_path / "v2.pt", backbone=make_tiny_cnn())
+    assert torch.equal(old(tiny_input)[1], net(tiny_input)[1])

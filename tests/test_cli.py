@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from leenet.checkpoint import load_checkpoint
+from leenet.checkpoint import VERSION, load_checkpoint
 from leenet.cli import build_parser, main
 from leenet.config import parse_alphas
 from leenet.errors import LeenetError
@@ -67,7 +67,7 @@ def test_checkpoint_reloads_with_the_same_predictions(digits_run: Path) -> None:
     assert torch.equal(exits, exits_again) and torch.allclose(logits, again)
     assert (other(x)[1] == 0).all(), "alpha=1 gates send everything to the cheapest exit"
     payload = torch.load(digits_run / "model.pt", weights_only=True)
-    assert payload["version"] == 2 and "backbone_state" in payload
+    assert payload["version"] == VERSION and "backbone_state" in payload
 
 
 def test_earlier_results_are_never_overwritten(digits_run: Path, capsys) -> None:
@@ -219,13 +219,13 @@ def test_results_written_meanwhile_by_another_run_are_kept(tmp_path: Path, monke
     import leenet.pipeline as pipeline
 
     out = tmp_path / "shared"
-    real = pipeline._describe
+    real = pipeline.describe_run
 
     def other_run_finishes_first(*args, **kwargs):
         (out / "results.json").write_text('{"from": "the other run"}')
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_describe", other_run_finishes_first)
+    monkeypatch.setattr(pipeline, "describe_run", other_run_finishes_first)
     assert main(["run", "--out", str(out), *FAST]) == 0
     assert json.loads((out / "results.json").read_text()) == {"from": "the other run"}
     assert (tmp_path / "shared-2" / "results.json").is_file() and (tmp_path / "shared-2" / "model.pt").is_file()
@@ -403,3 +403,19 @@ def test_run_prints_the_measured_speed_and_says_when_routing_lost() -> None:
     line = speed_line(clock)
     assert "1.59x" in line and "1.23x" in line and "2.01x" in line and "slower" not in line
     assert "slower than the backbone" in speed_line({**clock, "device": "cuda:0", "measured_speedup": 0.22})
+
+
+def test_cost_latency_prices_exits_in_measured_time(tmp_path: Path) -> None:
+    """--cost latency: gates and budgets use measured time; results.json keeps both units."""
+    out = tmp_path / "lat"
+    assert main(["run", "--out", str(out), "--cost", "latency", *FAST]) == 0
+    results = json.loads((out / "results.json").read_text())
+    cost = results["cost"]
+    assert cost["unit"] == "latency" and cost["latency"]["batch_size"] == 1
+    assert cost["flops"]["cost"] != cost["latency"]["relative"]
+    # the exits' costs are the measured ones; their FLOPs are still counted
+    assert [e["cost"] for e in results["exits"]][-1] == pytest.approx(1.0)
+    assert all(e["flops"] > 0 for e in results["exits"])
+    assert load_checkpoint(out / "model.pt").cost.tolist() == pytest.approx(cost["latency"]["relative"])
+    with pytest.raises(SystemExit):
+        main(["run", "--cost", "seconds"])

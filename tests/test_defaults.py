@@ -42,5 +42,9 @@ def test_given_settings_win_and_weights_are_kept_as_they_are() -> None:
     assert transfer.train.epochs == DATASET_DEFAULTS["digits"].epochs  # the new classifier is trained
 
 
-def test_unknown_datasets_take_the_folder_defaults() -> None:
+def test_unknown_datasets_take_the_folder_defaults_and_hub_copies_their_originals() -> None:
     assert dataset_defaults("hf:someone/something") is DATASET_DEFAULTS["folder"]
+    assert dataset_defaults("hf:uoft-cs/cifar100") is DATASET_DEFAULTS["cifar100"]
+    assert dataset_defaults("hf:uoft-cs/cifar10") is DATASET_DEFAULTS["cifar10"]
+    assert dataset_defaults("hf-local:~/data/imagenette2:320px") is DATASET_DEFAULTS["imagenette"]
+    assert dataset_defaults("hf:zalando-datasets/fashion_mnist") is DATASET_DEFAULTS["fashion-mnist"]

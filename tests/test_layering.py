@@ -13,11 +13,12 @@ LAYERS = [  # lowest first; a module may import from its own layer and every lay
     {"nn"},
     {"backbones", "datasets"},
     {"data"},
-    {"checkpoint", "defaults", "preflight", "rundir"},
+    {"checkpoint", "defaults", "preflight", "rundir", "distributed", "resume"},
     {"train", "policy"},
     {"evaluate"},
     {"report", "export"},
     {"predict"},
+    {"stages"},
     {"pipeline"},
     {"cli", "__main__"},
 ]

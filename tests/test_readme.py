@@ -31,3 +31,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     readme_test = re.search(r"python3 -m venv \.venv && \.venv/bin/pip install .*'\.\[test[^']*\]'.* -m pytest -q", README)
     assert readme_test and readme_test.group(0) in ci
+
+
+def test_bring_your_own_model_example_runs(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("timm")
+    block = re.search(r"## Bring your own model\n.*?```python\n(.*?)```", README, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert (tmp_path / "vit.pt").is_file() and scope["net"].num_exits == 4

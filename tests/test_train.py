@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -61,3 +62,55 @@ def test_a_diverging_head_loss_is_one_line(tiny_stages: list[nn.Module], tiny_in
         raise AssertionError("a NaN loss must stop training")
     assert freeze_(nn.BatchNorm2d(2)).training is False and isinstance(net, ExitNet)
     assert GateConfig().history
+
+
+
+class _MemoryCheckpoint:
+    """An epoch checkpoint kept in memory (the interface of leenet.resume.EpochCheckpoint) that
+    stops training, like a kill, once epoch ``stop_after`` is saved."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.saved, self.stop_after = None, stop_after
+
+    def restore(self) -> dict | None:
+        return copy.deepcopy(self.saved)
+
+    def save(self, state: dict) -> None:
+        self.saved = copy.deepcopy(state)
+        if state["epoch"] == self.stop_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("part", ["backbone", "heads"])
+def test_training_continues_after_the_last_epoch_saved(tiny_cnn: nn.Module, tiny_input: Tensor, part: str,
+                                                       capsys) -> None:
+    """Stopped after epoch 2 of 4, then restarted from its checkpoint: the weights of a run never stopped."""
+    from leenet.train import train_classifier
+
+    labels = torch.arange(len(tiny_input)) % NUM_CLASSES
+    batches = [(tiny_input[:32], labels[:32]), (tiny_input[32:], labels[32:])]
+    torch.manual_seed(0)
+    start = attach_exits(copy.deepcopy(tiny_cnn), ["block1", "block2"], input_shape=INPUT_SHAPE,
+                         num_classes=NUM_CLASSES)
+
+    def fit(checkpoint: _MemoryCheckpoint | None) -> ExitNet:
+        net = copy.deepcopy(start)
+        if part == "backbone":
+            train_classifier(nn.Sequential(*net.stages), lambda: batches, steps_per_epoch=2, epochs=4,
+                             checkpoint=checkpoint)
+        else:
+            train_heads(net, lambda: batches, steps_per_epoch=2, epochs=4, checkpoint=checkpoint)
+        return net
+
+    whole = fit(None)
+    checkpoint = _MemoryCheckpoint(stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(checkpoint)
+    capsys.readouterr()
+    checkpoint.stop_after = None
+    resumed = fit(checkpoint)
+    assert checkpoint.saved["epoch"] == 4 and len(checkpoint.saved["history"]) == 4
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    lines = capsys.readouterr().err.splitlines()  # stderr is no terminal here: one line per epoch
+    assert [line.split(":")[0] for line in lines] == [f"{part} epoch 3/4", f"{part} epoch 4/4"]

@@ -2,13 +2,13 @@
 
 from leenet.backbones.archs import DigitsCNN, SmallResNet, VGGCifar, densenet121_cifar, resnet50_cifar
 from leenet.backbones.registry import (
-                                       BACKBONES,
-                                       BackboneInfo,
-                                       backbone_names,
-                                       build_backbone,
-                                       get_backbone_info,
-                                       torchvision_weights,
-                                       weights_in_channels,
+    BACKBONES,
+    BackboneInfo,
+    backbone_names,
+    build_backbone,
+    get_backbone_info,
+    torchvision_weights,
+    weights_in_channels,
 )
 from leenet.backbones.weights import adapt_first_conv, classifier_parameters, read_state_dict, replace_classifier
 

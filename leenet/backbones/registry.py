@@ -2,11 +2,14 @@
 
 Two small networks for the embedded and 28-pixel datasets, torchvision's ImageNet models
 (which can load torchvision's pretrained weights), and 32-pixel CIFAR variants of those
-(3×3 stride-1 stem, no early max-pool, random init only; see :mod:`leenet.archs`).
+(3×3 stride-1 stem, no early max-pool, random init only; see :mod:`leenet.archs`). Names
+with a colon reach outside it: ``tv:NAME``, ``timm:NAME``, ``module.path:factory``
+(:mod:`leenet.backbones.external`).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable
@@ -18,6 +21,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
+from leenet.backbones import external
 from leenet.backbones.archs import DigitsCNN, SmallResNet, VGGCifar, densenet121_cifar, resnet50_cifar
 from leenet.backbones.weights import (
     adapt_first_conv,
@@ -29,6 +33,7 @@ from leenet.backbones.weights import (
     replace_classifier,
 )
 from leenet.errors import CheckpointError, LeenetError
+from leenet.nn.attach import BUILD_ATTRIBUTE
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,10 @@ class BackboneInfo:
 
     Attributes:
         name: registry name.
-        builder: ``builder(num_classes, in_channels)`` → randomly initialized model.
+        builder: ``builder(num_classes, in_channels)`` → randomly initialized model
+            (external ones also take ``image_size=`` for models built for one size, a ViT).
         default_exits: exit point names used when the user gives none.
-        input_size: native input height = width in pixels.
+        input_size: native input height = width in pixels (0: unknown, the data's own size).
         imagenet_normalization: pretrained weights expect ImageNet mean/std inputs.
         weights_enum: torchvision weights enum class, or None when there are no weights.
         description: one line for ``leenet backbones``.
@@ -137,10 +143,23 @@ def backbone_names() -> list[str]:
 
 
 def get_backbone_info(name: str) -> BackboneInfo:
-    """The registry entry for ``name``; raises LeenetError listing valid names if unknown."""
+    """The registry entry for ``name``, or one made for ``tv:NAME``, ``timm:NAME`` or
+    ``module.path:factory``; raises LeenetError suggesting close names if unknown."""
+    if external.is_external(name):
+        return _external_info(name)
     if name not in BACKBONES:
-        raise LeenetError(f"unknown backbone {name!r} (valid: {', '.join(BACKBONES)})")
+        close = difflib.get_close_matches(str(name), list(BACKBONES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise LeenetError(f"unknown backbone {name!r} ({hint}valid: {', '.join(BACKBONES)}; or tv:NAME for a "
+                          "torchvision classifier, timm:NAME for a timm model, module.path:factory for your own)")
     return BACKBONES[name]
+
+
+@functools.lru_cache(maxsize=64)
+def _external_info(name: str) -> BackboneInfo:
+    description, builder, size, weights_enum = external.resolve(name)
+    return BackboneInfo(name, builder, external.default_exits(name, builder, size), input_size=size,
+                        imagenet_normalization=size > 0, weights_enum=weights_enum, description=description)
 
 
 def build_backbone(
@@ -150,6 +169,7 @@ def build_backbone(
     in_channels: int = 3,
     weights: str | Path | None = None,
     transfer: bool = False,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build a registered backbone, randomly initialized or with weights.
 
@@ -166,9 +186,13 @@ def build_backbone(
         transfer: the weights file is from another task (e.g. torchvision's ImageNet file
             fetched by hand): load all but the classifier, which starts anew for
             ``num_classes``, and adapt the first conv to ``in_channels``.
+        image_size: the input size, for ``tv:``/``timm:`` models built for one size (ViT,
+            Swin in timm); other backbones ignore it. For ``timm:`` models, ``weights`` may
+            also be ``"pretrained"`` or a timm tag (``"augreg_in21k"``).
 
     Returns:
-        The model, on the CPU, in training mode.
+        The model, on the CPU, in training mode; its ``leenet_arch`` attribute records
+        ``name``, so that a checkpoint of a network built on it can rebuild it.
 
     Raises:
         LeenetError: unknown backbone or weights name, or the weights cannot be downloaded.
@@ -178,21 +202,32 @@ def build_backbone(
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise LeenetError(f"{arg} must be a positive integer, got {value!r}")
-    if weights is None:
-        return info.builder(num_classes, in_channels)
-    member = _weights_member(info, weights)
-    if member is not None:
-        return info.builder(num_classes, in_channels, weights=member)
-    state = read_state_dict(weights)
-    if transfer:
-        return _transfer(info, state, Path(weights), num_classes, in_channels)
-    model = info.builder(num_classes, in_channels)
-    load_checked(model, state, Path(weights), name, num_classes)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise LeenetError(f"image_size must be a positive integer, got {image_size!r}")
+    model = _build(info, num_classes, in_channels, weights, transfer, image_size)
+    setattr(model, BUILD_ATTRIBUTE, name)
     return model
 
 
-def torchvision_weights(name: str, weights: str | Path | None) -> WeightsEnum | None:
-    """The torchvision weights enum member ``weights`` names for backbone ``name``; None for a file.
+def _build(info: BackboneInfo, num_classes: int, in_channels: int, weights: str | Path | None, transfer: bool,
+           image_size: int | None) -> nn.Module:
+    sized = {"image_size": image_size} if external.is_external(info.name) else {}
+    if weights is None:
+        return info.builder(num_classes, in_channels, **sized)
+    member = _weights_member(info, weights)
+    if member is not None:
+        return info.builder(num_classes, in_channels, weights=member, **sized)
+    state = read_state_dict(weights)
+    if transfer:
+        return _transfer(info, state, Path(weights), num_classes, in_channels, sized)
+    model = info.builder(num_classes, in_channels, **sized)
+    load_checked(model, state, Path(weights), info.name, num_classes)
+    return model
+
+
+def torchvision_weights(name: str, weights: str | Path | None) -> WeightsEnum | external.TimmWeights | None:
+    """The torchvision weights enum member (for ``timm:`` models, the timm weights) ``weights`` names
+    for backbone ``name``; None for a file.
 
     Raises:
         LeenetError: ``weights`` reads as an enum name the backbone does not have.
@@ -200,10 +235,13 @@ def torchvision_weights(name: str, weights: str | Path | None) -> WeightsEnum | 
     return None if weights is None else _weights_member(get_backbone_info(name), weights)
 
 
-def _weights_member(info: BackboneInfo, weights: str | Path) -> WeightsEnum | None:
+def _weights_member(info: BackboneInfo, weights: str | Path) -> WeightsEnum | external.TimmWeights | None:
     """The torchvision enum member ``weights`` names, or None when it names a file."""
     if not isinstance(weights, str) or Path(weights).exists():
         return None
+    timm_weights = external.weights_for(info.name, weights)
+    if timm_weights is not None:
+        return timm_weights
     members = info.weights_enum.__members__ if info.weights_enum is not None else {}
     if weights.upper() in members:
         return members[weights.upper()]
@@ -243,7 +281,7 @@ def weights_in_channels(name: str, weights: str | Path | None) -> int | None:
 
 
 def _transfer(
-    info: BackboneInfo, state: dict[str, Tensor], path: Path, num_classes: int, in_channels: int
+    info: BackboneInfo, state: dict[str, Tensor], path: Path, num_classes: int, in_channels: int, sized: dict
 ) -> nn.Module:
     """Load a file from another task: its class and channel counts, then new classifier and stem."""
     with torch.device("meta"):  # only the layer names are needed: build without allocating
@@ -253,7 +291,7 @@ def _transfer(
     if classifier not in state or first_conv not in state:
         raise CheckpointError(f"{path} does not fit {info.name}: it lacks {classifier} or {first_conv}")
     file_classes, file_channels = state[classifier].shape[0], state[first_conv].shape[1]
-    model = info.builder(file_classes, file_channels)
+    model = info.builder(file_classes, file_channels, **sized)
     load_checked(model, state, path, info.name, file_classes)
     if file_classes != num_classes:
         replace_classifier(model, num_classes)

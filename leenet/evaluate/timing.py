@@ -18,24 +18,39 @@ def _sync(device: torch.device) -> None:
 
 
 def median_seconds(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
-                   device: torch.device) -> dict[str, float]:
+                   device: torch.device, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median wall time of each ``fn()`` over ``repeats`` runs after ``warmup`` runs.
 
     The functions take turns within each repeat, so a noisy neighbour on a shared machine
-    slows all of them alike and their ratios stay meaningful.
+    slows all of them alike and their ratios stay meaningful (:func:`interleaved_seconds`).
+    """
+    times = interleaved_seconds(fns, repeats=repeats, warmup=warmup, device=device, clock=clock)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
+                        device: torch.device, clock: Callable[[], float] = time.perf_counter,
+                        alternate: bool = False) -> dict[str, list[float]]:
+    """Every timing of each ``fn()``: ``repeats`` rounds in which the functions take turns.
+
+    The ratio of two functions timed one after the other in the same round, its median over
+    rounds, is the steadiest comparison on a loaded machine; ``alternate`` reverses the
+    order every other round, so neither always runs first. ``clock=time.thread_time``
+    counts only this thread's CPU time: it ignores the time the thread waits for a core,
+    which is right for one-thread CPU work only.
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
+    for r in range(repeats):
+        for name, fn in (reversed(fns.items()) if alternate and r % 2 else fns.items()):
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(clock() - start)
+    return times
 
 
 class PlainBackbone(nn.Module):

@@ -16,13 +16,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import Tensor, nn
+from torch.onnx import symbolic_helper
 
 from leenet.checkpoint import load_checkpoint, read_checkpoint
 from leenet.errors import LeenetError, brief
 from leenet.export.metadata import default_preprocessing, run_metadata
 from leenet.nn.cost import heads_needed
 from leenet.nn.gates import gate_features
-from leenet.nn.heads import global_pool
 from leenet.nn.model import ExitNet
 from leenet.version import __version__
 from leenet_runtime.manifest import (
@@ -89,7 +89,7 @@ class StageGraph(nn.Module):
         if self.gate is None:
             return h, logits
         prev = prev_logits if self.reads_history else logits[:, None, :][:, :0]  # (B, 0, K): unused
-        pooled = global_pool(h) if self.gate_config.pooled else None
+        pooled = self.head.pool(h) if self.gate_config.pooled else None
         inputs = gate_features(logits, prev, pooled, self.gate_config)
         return h, logits, torch.sigmoid(self.gate.logit(inputs))
 
@@ -227,7 +227,27 @@ def _export_graphs(net: ExitNet, graphs: list[StageGraph], example: Tensor, out:
     return entries
 
 
+@symbolic_helper.parse_args("v", "v", "i")
+def _vecdot_opset9(g, x, y, dim: int):
+    return g.op("ReduceSum", g.op("Mul", x, y), axes_i=[dim], keepdims_i=0)
+
+
+@symbolic_helper.parse_args("v", "v", "i")
+def _vecdot_opset13(g, x, y, dim: int):  # ReduceSum reads its axes as an input from opset 13 on
+    return g.op("ReduceSum", g.op("Mul", x, y), g.op("Constant", value_t=torch.tensor([dim])), keepdims_i=0)
+
+
+def _register_symbolics() -> None:
+    """Teach the TorchScript exporter the operators LEENet's gates use that it lacks (real tensors only).
+
+    ``torch.linalg.vecdot`` (the gates' entropy, :mod:`leenet.nn.gates`) is Mul + ReduceSum.
+    """
+    torch.onnx.register_custom_op_symbolic("aten::linalg_vecdot", _vecdot_opset9, 9)
+    torch.onnx.register_custom_op_symbolic("aten::linalg_vecdot", _vecdot_opset13, 13)
+
+
 def _export_one(graph: StageGraph, args: tuple[Tensor, ...], path: Path, opset: int) -> None:
+    _register_symbolics()
     inputs, outputs = graph.input_names, graph.output_names
     axes = {name: {0: "batch"} for name in (*inputs, *outputs)}
     try:

@@ -1,14 +1,24 @@
 """The multi-exit network: cutting a backbone into stages, exit heads, gates, costs."""
 
-from leenet.nn.cost import FLOPS_CONVENTION, CostModel, ExitCosts, count_flops, exit_costs, heads_needed, routed_costs
+from leenet.nn.attach import attach_exits
+from leenet.nn.cost import (
+    FLOPS_CONVENTION,
+    CostModel,
+    ExitCosts,
+    count_flops,
+    exit_costs,
+    heads_needed,
+    math_attention,
+    routed_costs,
+)
 from leenet.nn.gates import Gate, confidence_features, enabled_flags, gate_features, gate_input_dim, make_gates
-from leenet.nn.heads import global_pool, make_head
-from leenet.nn.model import ExitNet, ExitOutputs, attach_exits
-from leenet.nn.split import describe_exit_points, split_backbone, valid_exit_points
+from leenet.nn.heads import FeatureLayout, global_pool, make_head
+from leenet.nn.model import ExitNet, ExitOutputs
+from leenet.nn.split import cut_shapes, describe_exit_points, split_backbone, valid_exit_points
 
 __all__ = [
-    "FLOPS_CONVENTION", "CostModel", "ExitCosts", "ExitNet", "ExitOutputs", "Gate", "attach_exits",
-    "confidence_features", "count_flops", "describe_exit_points", "enabled_flags", "exit_costs", "gate_features",
-    "gate_input_dim", "global_pool", "heads_needed", "make_gates", "make_head", "routed_costs", "split_backbone",
-    "valid_exit_points",
+    "CostModel", "ExitCosts", "ExitNet", "ExitOutputs", "FLOPS_CONVENTION", "FeatureLayout", "Gate", "attach_exits",
+    "confidence_features", "count_flops", "cut_shapes", "describe_exit_points", "enabled_flags", "exit_costs",
+    "gate_features", "gate_input_dim", "global_pool", "heads_needed", "make_gates", "make_head", "math_attention",
+    "routed_costs", "split_backbone", "valid_exit_points",
 ]

@@ -124,6 +124,13 @@ class CostModel:
         cpu = [t.detach().float().cpu() for t in (net.cost, net.head_cost, net.gate_cost)]
         return cls(*cpu, net.gate_config.history)
 
+    def clone(self) -> CostModel:
+        """A copy that does not share the network's buffers."""
+        return CostModel(self.cost.clone(), self.head_cost.clone(), self.gate_cost.clone(), self.history)
+
+    def to_dict(self) -> dict:
+        return {"cost": self.cost.tolist(), "head_cost": self.head_cost.tolist(), "gate_cost": self.gate_cost.tolist()}
+
     def routed(self, enabled: Tensor) -> Tensor:
         """(..., E-1) bool enabled gates → (..., E) exit costs, what is not needed skipped."""
         return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history)

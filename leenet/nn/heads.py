@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from leenet.config import HEAD_KINDS
@@ -147,6 +148,50 @@ def _layout(layout: FeatureLayout | str | None, in_shape: Sequence[int]) -> Feat
     return resolved
 
 
+def exit_layouts(
+    layout: FeatureLayout | str | Sequence[FeatureLayout | str] | None,
+    shapes: Sequence[tuple[int, ...]],
+    next_last: Sequence[int | None],
+) -> list[FeatureLayout]:
+    """The layout of each early exit's features.
+
+    Args:
+        layout: one per exit; or one for the backbone, used at every exit whose features
+            have its rank (the others are guessed); or None to detect.
+        shapes: each exit's per-sample feature shape.
+        next_last: for each exit, the width of the last axis the next stage's first layer
+            reads (a LayerNorm or Linear), or None: maps whose last axis it is are channels-last.
+    """
+    if isinstance(layout, Sequence) and not isinstance(layout, str):
+        if len(layout) != len(shapes):
+            raise LeenetError(f"{len(shapes)} exits need {len(shapes)} layouts, got {len(layout)}: "
+                              "give one per exit, or one for the backbone")
+        return [FeatureLayout.of(lay) for lay in layout]
+    given = None if layout is None else FeatureLayout.of(layout)
+    layouts = []
+    for shape, width in zip(shapes, next_last):
+        guess = FeatureLayout.guess(shape)
+        if given is not None and len(shape) == given.ndim:
+            guess = given
+        elif given is None and guess.kind == "nchw" and width == shape[-1] != shape[0]:
+            guess = FeatureLayout("nhwc")
+        layouts.append(guess)
+    return layouts
+
+
+def backbone_layout(model: nn.Module) -> FeatureLayout | None:
+    """The layout a known model family's features have (None: detect per exit): Swin keeps maps
+    channels-last; a ViT's tokens start with class (and register) tokens."""
+    if getattr(model, "output_fmt", None) == "NHWC" or isinstance(model, torchvision.models.SwinTransformer):
+        return FeatureLayout("nhwc")
+    prefix = getattr(model, "num_prefix_tokens", None)  # timm's ViT family
+    if isinstance(prefix, int):
+        return FeatureLayout("tokens", prefix)
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return FeatureLayout("tokens", 1)
+    return None
+
+
 class PooledLinearHead(nn.Module):
     """Average over space or tokens → linear. Cheap, and the default."""
 
@@ -228,6 +273,7 @@ class FlattenLinearHead(nn.Module):
 
 
 _HEADS = {"pool": PooledLinearHead, "sdn": ConvHead, "flatten": FlattenLinearHead}
+HEAD_TYPES = tuple(_HEADS.values())  # the heads make_head builds
 
 
 def make_head(

@@ -1,9 +1,8 @@
-"""ExitNet: a backbone cut into stages, with an exit head and a gate after each early stage;
-:func:`attach_exits` builds a costed one from a backbone in one call."""
+"""ExitNet: a backbone cut into stages, with an exit head and a gate after each early stage
+(:func:`leenet.nn.attach.attach_exits` builds a costed one from a backbone in one call)."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,11 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from leenet.config import GateConfig
-from leenet.errors import LeenetError, brief
-from leenet.nn.cost import exit_costs, heads_needed, routed_costs
+from leenet.errors import LeenetError
+from leenet.nn.cost import routed_costs
 from leenet.nn.gates import enabled_flags, gate_features, make_gates
-from leenet.nn.heads import FeatureLayout, global_pool, make_head
-from leenet.nn.split import split_backbone
+from leenet.nn.heads import FeatureLayout, exit_layouts, make_head
+from leenet.nn.shapes import stage_output_shapes
 
 
 @dataclass
@@ -124,19 +123,21 @@ class ExitNet(nn.Module):
         when the next stage's first layer normalizes or multiplies their last axis).
         """
         gate_config = gate_config or GateConfig()
-        shapes, next_last = _stage_output_shapes(stages, example_input)
+        shapes, next_last = stage_output_shapes(stages, example_input)
         if shapes[-1] != (num_classes,):
             raise LeenetError(
                 f"the last stage gives outputs of shape {shapes[-1]} per image, not {num_classes} class "
                 f"logits: pass the backbone's own class count as num_classes"
             )
-        layouts = _exit_layouts(layout, shapes[:-1], next_last)
+        layouts = exit_layouts(layout, shapes[:-1], next_last[1:])
         heads = [make_head(head, shape, num_classes, lay) for shape, lay in zip(shapes[:-1], layouts)]
         pooled_dims = [lay.channels(shape) for shape, lay in zip(shapes[:-1], layouts)]
         gates = make_gates(len(heads), pooled_dims, gate_config, num_classes)
         names = list(exit_names) if exit_names else [f"exit{i}" for i in range(len(heads))] + ["final"]
-        return cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold,
-                   input_shape=example_input.shape[1:])
+        net = cls(stages, heads, gates, exit_names=names, gate_config=gate_config, threshold=threshold,
+                  input_shape=example_input.shape[1:])
+        net.backbone_arch = None  # set by attach_exits for a backbone from leenet.build_backbone
+        return net
 
     def check_input(self, x: Tensor) -> None:
         """Refuse, in one line, a batch this network cannot route (metadata only: no device sync)."""
@@ -149,7 +150,9 @@ class ExitNet(nn.Module):
                 f"expected a batch of shape (B, {want}), the images this network was built and calibrated "
                 f"for, got {tuple(x.shape)}: resize or convert the images to that shape (one image needs a batch dimension)"
             )
-        param = next(self.parameters(), None)
+        # the first stage's first weight, found without walking every module (a batch of one pays for it)
+        param = next(self.stages[0].parameters(), None)
+        param = next(self.parameters(), None) if param is None else param
         if param is not None and x.dtype != param.dtype:
             raise LeenetError(
                 f"the images are {x.dtype} but the network computes in {param.dtype}: pass x.to({param.dtype}) "
@@ -167,7 +170,7 @@ class ExitNet(nn.Module):
                 logits.append(h)
                 break
             logits.append(self.heads[i](h))
-            pooled.append(global_pool(h))
+            pooled.append(self.heads[i].pool(h))  # over space or tokens, as the features are laid out
         stacked = torch.stack(logits, dim=1)  # (B, E, C)
         for i, gate in enumerate(self.gates):
             inputs = gate_features(stacked[:, i], stacked[:, :i], pooled[i], self.gate_config)
@@ -211,7 +214,7 @@ class ExitNet(nn.Module):
             if prev is None:
                 prev = logits.new_empty(logits.shape[0], 0, logits.shape[-1])
             if enabled[i]:
-                leave = torch.sigmoid(self._gate_logit(i, h, logits, prev)) >= self.threshold  # (B_active,)
+                leave = torch.sigmoid(self.gate_logit(i, h, logits, prev)) >= self.threshold  # (B_active,)
                 # This exit's only device->host sync: the batch shrinks to a data-dependent size.
                 n_leave, n_active = int(leave.sum()), logits.shape[0]
                 if n_leave == n_active and active is None:  # everyone leaves here, together
@@ -224,11 +227,13 @@ class ExitNet(nn.Module):
                     # leavers first (stable); every gather below uses indices, not masks
                     order = torch.sort(leave.to(torch.uint8), descending=True, stable=True).indices
                     go, stay = order[:n_leave], order[n_leave:]
-                    out[active[go]] = logits[go]
-                    exit_index[active[go]] = i
+                    rows = active[go]
+                    out[rows] = logits[go]
+                    exit_index[rows] = i
                     if n_leave == n_active:  # nothing left to run
                         return out, exit_index
-                    active, h, logits, prev = active[stay], h[stay], logits[stay], prev[stay]
+                    # index_select copies rows at memory speed; h[stay] is a gather 3x slower on a CPU
+                    active, h, logits, prev = (t.index_select(0, stay) for t in (active, h, logits, prev))
             if self.gate_config.history:
                 prev = torch.cat([prev, logits[:, None]], dim=1)
         return out, exit_index
@@ -237,27 +242,37 @@ class ExitNet(nn.Module):
         """Which gates can fire and which heads must run, as host lists: one device->host read."""
         if not len(self.gates):
             return [], []
-        enabled = torch.stack([gate.enabled for gate in self.gates]).cpu()
-        return enabled.tolist(), heads_needed(enabled, self.gate_config.history).tolist()
+        enabled = torch.stack([gate.enabled for gate in self.gates]).tolist()
+        if not self.gate_config.history:
+            return enabled, enabled
+        # leenet.nn.cost.heads_needed on host lists: a head runs if its gate or any later one is on
+        return enabled, [any(enabled[i:]) for i in range(len(enabled))]
 
-    def _gate_logit(self, i: int, h: Tensor, logits: Tensor, prev: Tensor) -> Tensor:
-        """(B,) pre-sigmoid score of gate ``i`` on the stage output ``h`` and head logits."""
-        pooled = global_pool(h) if self.gate_config.pooled else None
+    def gate_logit(self, i: int, h: Tensor, logits: Tensor, prev: Tensor) -> Tensor:
+        """(B,) pre-sigmoid score of gate ``i``, as routed inference computes it.
+
+        Args:
+            i: the early exit.
+            h: (B, ...) output of stage ``i``.
+            logits: (B, C) head ``i``'s logits.
+            prev: (B, i, C) the earlier exits' logits (read with gate history).
+        """
+        pooled = self.heads[i].pool(h) if self.gate_config.pooled else None
         return self.gates[i].logit(gate_features(logits, prev, pooled, self.gate_config))
 
     def _route_one(self, x: Tensor, enabled: list[bool], run_head: list[bool]) -> tuple[Tensor, Tensor]:
         """:meth:`forward` for a batch of one: a scalar decision per enabled exit, nothing to compact."""
         prev: Tensor | None = None  # (1, i, C) earlier exits' logits, for gate history
         h = x
-        for i, stage in enumerate(self.stages[:-1]):
-            h = stage(h)
+        for i in range(self.num_exits - 1):  # (slicing a ModuleList builds a new module: not per call)
+            h = self.stages[i](h)
             if not run_head[i]:
                 continue
             logits = self.heads[i](h)  # (1, C)
             if prev is None:
                 prev = logits.new_empty(1, 0, logits.shape[-1])
             # the same decision as a batch's, in the same dtype: one device->host sync
-            if enabled[i] and bool(torch.sigmoid(self._gate_logit(i, h, logits, prev)) >= self.threshold):
+            if enabled[i] and bool(torch.sigmoid(self.gate_logit(i, h, logits, prev)) >= self.threshold):
                 return logits, torch.full((1,), i, dtype=torch.long, device=x.device)
             if self.gate_config.history:
                 prev = torch.cat([prev, logits[:, None]], dim=1)
@@ -283,145 +298,3 @@ class ExitNet(nn.Module):
                     )
                 state[key] = value
         return state
-
-
-@torch.no_grad()
-def _stage_output_shapes(
-    stages: Sequence[nn.Module], example_input: Tensor
-) -> tuple[list[tuple[int, ...]], list[int | None]]:
-    """Per-sample output shape of each stage for a one-sample input, and for each stage the
-    width of the last axis its first layer reads, when that layer is a LayerNorm or Linear
-    (None otherwise): channels-last evidence for the features entering it."""
-    modes = [s.training for s in stages]
-    shapes: list[tuple[int, ...]] = []
-    first: list[int | None] = []
-    current: dict[str, bool] = {"seen": False}
-
-    def note(module: nn.Module, _args) -> None:
-        if current["seen"] or not _reads_channels(module):
-            return
-        current["seen"] = True
-        first[-1] = _last_axis_width(module)
-
-    modules = {id(m): m for s in stages for m in s.modules()}.values()
-    hooks = [m.register_forward_pre_hook(note) for m in modules]
-    h = example_input
-    try:
-        for stage in stages:
-            stage.eval()
-            first.append(None)
-            current["seen"] = False
-            h = stage(h)
-            shapes.append(tuple(h.shape[1:]))
-    except RuntimeError as exc:
-        raise LeenetError(
-            f"the backbone failed on an input of shape {tuple(example_input.shape)} ({brief(exc)}): "
-            "check the image size and channel count the model expects"
-        ) from None
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for stage, mode in zip(stages, modes):
-            stage.train(mode)
-    return shapes, first
-
-
-_CHANNEL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-
-
-def _reads_channels(module: nn.Module) -> bool:
-    return isinstance(module, _CHANNEL_LAYERS)
-
-
-def _last_axis_width(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
-        return module.normalized_shape[0]
-    return None
-
-
-def _exit_layouts(
-    layout: FeatureLayout | str | Sequence[FeatureLayout | str] | None,
-    shapes: Sequence[tuple[int, ...]],
-    next_last: Sequence[int | None],
-) -> list[FeatureLayout]:
-    """The layout of each early exit's features (see :meth:`ExitNet.from_stages`)."""
-    if isinstance(layout, Sequence) and not isinstance(layout, str):
-        if len(layout) != len(shapes):
-            raise LeenetError(f"{len(shapes)} exits need {len(shapes)} layouts, got {len(layout)}: "
-                              "give one per exit, or one for the backbone")
-        return [FeatureLayout.of(lay) for lay in layout]
-    given = None if layout is None else FeatureLayout.of(layout)
-    layouts = []
-    for shape, width in zip(shapes, next_last[1:]):
-        guess = FeatureLayout.guess(shape)
-        if given is not None and len(shape) == given.ndim:
-            guess = given
-        elif given is None and guess.kind == "nchw" and width == shape[-1] != shape[0]:
-            guess = FeatureLayout("nhwc")
-        layouts.append(guess)
-    return layouts
-
-
-def attach_exits(
-    backbone: nn.Module | Sequence[nn.Module],
-    exit_points: Sequence[str] | None = None,
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    head: str = "pool",
-    gate_config: GateConfig | None = None,
-    threshold: float = 0.5,
-) -> ExitNet:
-    """Cut ``backbone`` at ``exit_points`` and attach a head and a gate after each cut.
-
-    Args:
-        backbone: a ``torch.fx``-traceable classifier, or an explicit list of stages whose
-            composition is the classifier (then ``exit_points`` only names the exits).
-        exit_points: module names to exit after, in execution order, e.g.
-            ``["layer1", "layer2", "layer3"]``.
-        input_shape: one image's shape ``(C, H, W)`` at the size the network will see;
-            FLOPs are counted at this size.
-        num_classes: number of classes of the backbone's classifier.
-        head: ``"pool"``, ``"sdn"`` or ``"flatten"`` (see :func:`leenet.heads.make_head`).
-        gate_config: what the gates see and their width.
-        threshold: gate probability at or above which a sample exits.
-
-    Returns:
-        An ExitNet on the backbone's device with ``cost`` filled in; heads and gates untrained.
-    """
-    if isinstance(exit_points, str):
-        raise LeenetError(f"exit_points is a list of module names, e.g. ['{exit_points}'], not a string")
-    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
-    if not shape or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0 for n in shape):
-        raise LeenetError(f"input_shape is one image's shape as positive whole numbers, e.g. (3, 224, 224); "
-                          f"got {input_shape!r}")
-    shape = tuple(int(n) for n in shape)
-    if isinstance(backbone, nn.Module):
-        if not exit_points:
-            raise LeenetError("give at least one exit point (a module name such as 'layer2')")
-        stages = split_backbone(backbone, list(exit_points))
-        names = [*exit_points, "final"]
-    else:
-        if isinstance(backbone, str) or not all(isinstance(m, nn.Module) for m in backbone):
-            raise LeenetError("backbone must be an nn.Module or a list of nn.Module stages")
-        stages = list(backbone)
-        if len(stages) < 2:
-            raise LeenetError("an explicit list of stages needs at least two stages (one early exit)")
-        names = [*(exit_points or [f"stage{i}" for i in range(len(stages) - 1)]), "final"]
-        if len(names) != len(stages):
-            raise LeenetError(f"{len(stages)} stages need {len(stages) - 1} exit names, got {len(names) - 1}")
-    param = next((p for s in stages for p in s.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    example = torch.zeros(1, *shape, device=device)
-    net = ExitNet.from_stages(
-        stages, num_classes=num_classes, example_input=example, head=head,
-        gate_config=gate_config, exit_names=names, threshold=threshold,
-    ).to(device)
-    costs = exit_costs(net, example)
-    net.cost.copy_(costs.relative.to(net.cost))
-    net.head_cost.copy_(costs.relative_heads.to(net.head_cost))
-    net.gate_cost.copy_(costs.relative_gates.to(net.gate_cost))
-    net.backbone_flops.fill_(costs.backbone_flops)
-    return net

@@ -96,3 +96,37 @@ def collect_outputs(
         raise LeenetError(f"{desc}: the split is empty; use a larger dataset or a smaller calibration split")
     per_exit = [torch.cat([batch[i] for batch in pooled]) for i in range(len(pooled[0]))]
     return CachedOutputs(torch.cat(logits), per_exit, torch.cat(labels))
+
+
+def merge_shards(shards: list[tuple[CachedOutputs, Tensor]], total: int) -> CachedOutputs:
+    """The outputs of a whole split from every process's share, each tagged with its sample indices.
+
+    Args:
+        shards: per process, its outputs (M_r rows) and the (M_r,) split index of each row;
+            rows may repeat (a sampler's padding), repeats of one index must be equal.
+        total: N, the size of the split: every index in 0..N-1 must appear.
+
+    Returns:
+        The split's outputs in index order, each sample once.
+    """
+    index = torch.cat([idx for _, idx in shards])
+    order = torch.argsort(index, stable=True)
+    ordered = index[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]  # keep the first copy of each index, drop the padding
+    keep = order[first]
+    if not torch.equal(index[keep], torch.arange(total)):
+        raise LeenetError(f"the processes' outputs do not cover the split's {total} samples exactly once: "
+                          f"every process must cache its share of the same split")
+    logits = torch.cat([s.logits for s, _ in shards])[keep]
+    pooled = [torch.cat([s.pooled[i] for s, _ in shards])[keep] for i in range(len(shards[0][0].pooled))]
+    return CachedOutputs(logits, pooled, torch.cat([s.labels for s, _ in shards])[keep])
+
+
+def cache_state(cache: CachedOutputs) -> dict:
+    """A plain dict of tensors (for ``torch.save``; read back with :func:`cache_from_state`)."""
+    return {"logits": cache.logits, "pooled": list(cache.pooled), "labels": cache.labels}
+
+
+def cache_from_state(state: dict) -> CachedOutputs:
+    return CachedOutputs(state["logits"], list(state["pooled"]), state["labels"])

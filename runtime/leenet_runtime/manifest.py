@@ -195,8 +195,8 @@ def _convert(kind, value, where: str):
             raise ExportError(f"{where} lacks {', '.join(missing)}: the manifest is damaged or from "
                               "another release; export again")
         return kind(**{n: _convert(hints[n], value[n], f"{where}.{n}") for n in names})
-    if origin is tuple:
-        if not isinstance(value, list):
+    if origin is tuple:  # a list in JSON, a tuple in a checkpoint's spec
+        if not isinstance(value, (list, tuple)):
             raise _bad(where, "a list", value)
         return tuple(_convert(args[0], v, f"{where}[{k}]") for k, v in enumerate(value))
     if origin is dict:

@@ -100,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true", help="one JSON object per line")
     cmd.add_argument("--value-max", type=float, default=None,
                      help="pixel value of full brightness in the files (default: their bit depth's, 255 for 8-bit)")
+    cmd.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per graph (default: onnxruntime's, every core; 1 on a shared machine)")
     cmd.add_argument("--providers", default=None,
                      help="comma-separated onnxruntime providers (default: CUDA if available, then CPU)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``leenet-runtime predict EXPORT_DIR IMAGE_OR_DIR... [--batch-size N] [--json]``.
+    """``leenet-runtime predict EXPORT_DIR IMAGE_OR_DIR... [--batch-size N] [--json] [--threads N]``.
 
     Returns 0, 1 if some files could not be read, 2 for a bad export or argument.
     """
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         providers = args.providers.split(",") if args.providers else None
-        runner = ExitRunner(args.export_dir, providers=providers)
+        runner = ExitRunner(args.export_dir, providers=providers, threads=args.threads)
         for record in predict(runner, args.images, batch_size=args.batch_size, value_max=args.value_max,
                               on_error=on_error):
             print(format_record(record, args.json), flush=False)

@@ -46,12 +46,15 @@ class ExitRunner:
                               f"onnxruntime (available: {', '.join(ort.get_available_providers())})")
         options = ort.SessionOptions()
         if threads is not None:
+            if threads < 1:
+                raise ExportError(f"threads must be at least 1, got {threads}")
             options.intra_op_num_threads = int(threads)
         self.sessions = [ort.InferenceSession(str(self.export_dir / e.graph), options, providers=providers)
                          for e in self.manifest.exits]
         self.input_shape = tuple(self.manifest.input_shape)
         self.threshold = np.float32(self.manifest.threshold)  # compared in float32, as torch does
         self.costs = np.array([e.cost for e in self.manifest.exits])
+        self._outputs = [list(e.outputs) for e in self.manifest.exits]
 
     @property
     def exit_names(self) -> list[str]:
@@ -80,6 +83,8 @@ class ExitRunner:
             logits (N, K) float32 from each sample's exit, and exit_index (N,) int64 in [0, E).
         """
         self.check_input(batch)
+        if batch.shape[0] == 1:
+            return self._route_one(np.ascontiguousarray(batch))
         n, last = batch.shape[0], len(self.sessions) - 1
         exit_index = np.full(n, last, dtype=np.int64)
         if n == 0:
@@ -116,6 +121,24 @@ class ExitRunner:
             if active.size == 0:  # nothing left to run
                 break
         return out, exit_index
+
+    def _route_one(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One image: a yes/no per exit and nothing to compact (the batch-1 path)."""
+        last, prev = len(self.sessions) - 1, None
+        for i, (entry, session, names) in enumerate(zip(self.manifest.exits, self.sessions, self._outputs)):
+            feeds = {INPUT: h} if PREV_LOGITS not in entry.inputs else {INPUT: h, PREV_LOGITS: prev}
+            outs = session.run(names, feeds)
+            if i == last:
+                return outs[0], np.full(1, last, dtype=np.int64)
+            h = outs[0]
+            if not entry.head:
+                continue
+            logits = outs[1]
+            if entry.enabled and outs[2][0] >= self.threshold:
+                return logits, np.full(1, i, dtype=np.int64)
+            if self.manifest.gate_history:
+                prev = logits[:, None] if prev is None else np.concatenate([prev, logits[:, None]], axis=1)
+        raise AssertionError("the last stage always returns")
 
     def routed_cost(self, exit_index: np.ndarray) -> np.ndarray:
         """(N,) relative cost of each sample's exit (1.0 = the plain backbone)."""

@@ -86,7 +86,8 @@ def test_registry_entries() -> None:
         info = BACKBONES[name]
         assert info.imagenet_normalization == (info.weights_enum is not None)
         assert len(info.default_exits) >= 2
-    with pytest.raises(LeenetError, match=r"unknown backbone 'resnet5' \(valid: digits_cnn, small_resnet, "):
+    with pytest.raises(LeenetError,
+                       match=r"unknown backbone 'resnet5' \(did you mean 'resnet50'\? valid: digits_cnn, small_resnet, "):
         get_backbone_info("resnet5")
 
 

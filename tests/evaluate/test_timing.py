@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from leenet.evaluate.timing import PlainBackbone, measure_wall_clock, median_seconds
-from leenet.nn.model import attach_exits
+from leenet.evaluate.timing import PlainBackbone, interleaved_seconds, measure_wall_clock, median_seconds
+from leenet.nn.attach import attach_exits
 
 from conftest import INPUT_SHAPE, NUM_CLASSES
 
@@ -28,3 +28,18 @@ def test_measure_wall_clock(tiny_stages, tiny_input) -> None:
     assert result["measured_speedup"] == result["leenet_throughput"] / result["backbone_throughput"]
     with torch.no_grad():
         assert torch.equal(PlainBackbone(net)(images), net.forward_all(images).logits[:, -1])
+
+
+def test_median_seconds_reads_the_given_clock() -> None:
+    ticks = iter(range(100))
+    result = median_seconds({"a": lambda: None}, repeats=3, warmup=1, device=torch.device("cpu"),
+                            clock=lambda: float(next(ticks)))
+    assert result == {"a": 1.0}  # one tick per timed call, not the wall clock
+
+
+def test_interleaved_seconds_keeps_every_round_and_can_alternate() -> None:
+    calls: list[str] = []
+    times = interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                repeats=3, warmup=0, device=torch.device("cpu"), alternate=True)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}

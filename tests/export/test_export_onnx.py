@@ -148,3 +148,13 @@ def test_wrong_class_name_count_is_refused(tmp_path) -> None:
     net, _ = mixed_net("tiny", GateConfig())
     with pytest.raises(LeenetError, match="3 class names for a network with 5 classes"):
         export_onnx(net, tmp_path, class_names=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_gates_export_at_older_and_newer_opsets(opset: int, tmp_path) -> None:
+    # the gates' entropy (torch.linalg.vecdot) has no ONNX symbolic in torch; export adds one,
+    # with ReduceSum's axes an attribute before opset 13 and an input from 13 on
+    net, x = mixed_net("tiny", GateConfig(history=True))
+    export_onnx(net, tmp_path, opset=opset)
+    assert read_manifest(tmp_path).opset == opset
+    assert_same_routing(net, ExitRunner(tmp_path), x)

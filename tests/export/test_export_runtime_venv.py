@@ -39,7 +39,7 @@ def test_runtime_without_torch_classifies_exported_digits(tmp_path: Path) -> Non
 
     make_digits_run(tmp_path / "run")
     export_onnx(tmp_path / "run", tmp_path / "export")
-    files = write_digit_pngs(tmp_path / "images", 30)
+    files, _ = write_digit_pngs(tmp_path / "images", 30)
     result = _run(bin_dir / "leenet-runtime", "predict", tmp_path / "export", tmp_path / "images",
                   "--json", "--batch-size", "8")
     assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from leenet import (
     make_loader,
     save_checkpoint,
 )
+from leenet.cli import main as leenet_main
 from leenet.data import TensorImageDataset
 from leenet.export import export_onnx
 from leenet.predict import predict_files
+from leenet_runtime import ExitRunner, ExportError
 from leenet_runtime.predict import RECORD_KEYS, main
 
 from conftest import mix_exits_, randomize_batchnorm_
@@ -151,7 +154,7 @@ def test_16bit_files_use_their_full_scale(digits, tmp_path, capsys) -> None:
 
 
 def test_runtime_cli_text_output(digits, capsys) -> None:
-    assert main(["predict", str(digits["export"]), str(digits["files"][0])]) == 0
+    assert main(["predict", str(digits["export"]), str(digits["files"][0]), "--threads", "1"]) == 0
     file, name, confidence, exit_name, cost = capsys.readouterr().out.strip().split("\t")
     assert file == str(digits["files"][0]) and name in [str(k) for k in range(10)]
     assert 0 < float(confidence) <= 1 and exit_name.startswith("exit ") and cost.startswith("cost ")
@@ -167,3 +170,58 @@ def test_engine_and_model_kind_mismatch_is_refused(digits, tmp_path) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(LeenetError, match="unknown engine"):
         list(predict_files(digits["run"], digits["files"], engine="tensorrt"))
+
+
+def _leenet(args: list[str], capsys) -> tuple[int, str, str]:
+    """`leenet ARGS...`: exit status, stdout, stderr."""
+    code = leenet_main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_run_dir_without_model_is_one_line(digits, tmp_path, capsys) -> None:
+    code, out, err = _leenet(["predict", str(tmp_path), str(digits["files"][0])], capsys)
+    assert (code, out, err.count("\n")) == (2, "", 1) and "has no model.pt" in err
+    code, out, err = _leenet(["export", str(tmp_path), "--out", str(tmp_path / "export")], capsys)
+    assert (code, err.count("\n")) == (2, 1) and "model.pt" in err
+
+
+@pytest.mark.parametrize("damage, message", [("missing", "stage1.onnx is missing"),
+                                             ("altered", "stage1.onnx was altered")])
+def test_cli_damaged_export_is_one_line(digits, tmp_path, capsys, damage: str, message: str) -> None:
+    export = Path(shutil.copytree(digits["export"], tmp_path / "export"))
+    graph = export / "stage1.onnx"
+    if damage == "missing":
+        graph.unlink()
+    else:
+        data = bytearray(graph.read_bytes())
+        data[-1] ^= 0xFF
+        graph.write_bytes(bytes(data))
+    code, out, err = _leenet(["predict", str(export), str(digits["files"][0]), "--engine", "onnx"], capsys)
+    assert (code, out, err.count("\n")) == (2, "", 1) and message in err
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_cli_reports_a_non_image_and_runs_the_rest(digits, tmp_path, capsys, engine: str) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    model = digits["run"] if engine == "torch" else digits["export"]
+    files = [str(digits["files"][0]), str(notes), str(digits["files"][1])]
+    code, out, err = _leenet(["predict", str(model), *files, "--engine", engine, "--json", "--batch-size", "2"],
+                             capsys)
+    assert code == 1 and [json.loads(line)["file"] for line in out.splitlines()] == [files[0], files[2]]
+    assert err.count("\n") == 1 and "cannot read image" in err and "notes.png" in err
+
+
+def test_wrong_shape_batches_are_one_line(digits, tmp_path, capsys) -> None:
+    with pytest.raises(ExportError, match=r"expected a batch of shape \(N, 1, 8, 8\), got \(2, 1, 28, 28\)") as err:
+        ExitRunner(digits["export"])(np.zeros((2, 1, 28, 28), np.float32))
+    assert "\n" not in str(err.value)
+    # the CLI preprocesses to the manifest's size, so only an edited manifest could feed a wrong shape
+    export = Path(shutil.copytree(digits["export"], tmp_path / "export"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["preprocessing"]["image_size"] = [28, 28]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = _leenet(["predict", str(export), str(digits["files"][0]), "--engine", "onnx"], capsys)
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert "preprocessing makes (1, 28, 28) images but its graphs read input_shape (1, 8, 8)" in err

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from leenet.config import GateConfig
+from leenet.nn.attach import attach_exits
 from leenet.nn.cost import count_flops, exit_costs, heads_needed, routed_costs, single_exit_costs
-from leenet.nn.model import ExitNet, attach_exits
+from leenet.nn.model import ExitNet
 
 IN_SHAPE = (2, 6, 6)
 CLASSES = 5
@@ -189,3 +190,26 @@ def test_attach_exits_fills_head_costs() -> None:
     assert net.head_cost.tolist() == pytest.approx([h / sum(STAGE_FLOPS) for h in _head_flops("pool")])
     assert net.gate_cost.tolist() == pytest.approx([g / sum(STAGE_FLOPS) for g in _gate_flops(GateConfig(hidden=8))])
     assert float(net.cost[-1]) == pytest.approx(1.0 + float(net.head_cost.sum() + net.gate_cost.sum()))
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_attention_is_counted_on_its_math_path() -> None:
+    """MultiheadAttention's inference fast path hides its matmuls from the counter."""
+    model = _Attention().eval()
+    x = torch.randn(1, 9, 16)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    flops, _ = count_flops(model, x)
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath  # restored
+    tokens, dim = 9, 16
+    projections = 2 * tokens * dim * 3 * dim + 2 * tokens * dim * dim  # in_proj, out_proj
+    attention = 2 * (2 * tokens * tokens * dim)  # q @ k^T and p @ v over all heads
+    assert flops == projections + attention + 2 * 16 * 3

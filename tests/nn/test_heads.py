@@ -11,7 +11,7 @@ from torch import Tensor
 from leenet.config import HEAD_KINDS, GateConfig
 from leenet.errors import LeenetError
 from leenet.nn.gates import Gate, confidence_features, gate_features, gate_input_dim, make_gates
-from leenet.nn.heads import global_pool, make_head
+from leenet.nn.heads import FeatureLayout, global_pool, make_head
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -159,3 +159,45 @@ def test_gate_stats_survive_constant_and_single_inputs() -> None:
     gate.fit_input_stats(torch.randn(1, 2))  # one calibration sample: std undefined
     assert torch.isfinite(gate.input_std).all()
     assert torch.isfinite(gate(torch.randn(3, 2))).all()
+
+
+def test_layouts_pool_over_space_or_tokens_never_channels() -> None:
+    maps = torch.randn(2, 8, 5, 5, generator=_gen(3))
+    assert torch.allclose(FeatureLayout("nchw").pool(maps), maps.mean((2, 3)))
+    last = maps.permute(0, 2, 3, 1)  # (B, H, W, C)
+    assert torch.allclose(FeatureLayout("nhwc").pool(last), maps.mean((2, 3)), atol=1e-6)
+    tokens = torch.randn(2, 17, 24, generator=_gen(4))
+    assert torch.allclose(FeatureLayout("tokens", 1).pool(tokens), tokens[:, 1:].mean(1))
+    assert torch.allclose(global_pool(tokens), tokens.mean(1))  # by rank: a sequence of tokens
+    grid = FeatureLayout("tokens", 1).to_maps(tokens)  # (B, 24, 4, 4), patch tokens row by row
+    assert grid.shape == (2, 24, 4, 4) and torch.equal(grid[:, :, 1, 2], tokens[:, 1 + 4 + 2])
+
+
+@pytest.mark.parametrize("shape, layout, width", [
+    ((7, 7, 96), "nhwc", 96), ((17, 24), None, 24), ((16, 24), "tokens", 24), ((8, 3, 3), None, 8),
+])
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_heads_read_the_layout(shape: tuple[int, ...], layout: str | None, width: int, kind: str) -> None:
+    head = make_head(kind, shape, 5, layout).eval()
+    assert head(torch.randn(3, *shape, generator=_gen(5))).shape == (3, 5)
+    assert head.pool(torch.randn(3, *shape, generator=_gen(6))).shape == (3, width)
+    if kind == "pool":
+        assert head.fc.in_features == width
+    if kind == "sdn":
+        assert head.reduce[0].in_channels == width
+
+
+def test_guessed_token_layouts_find_the_class_token() -> None:
+    assert FeatureLayout.guess((17, 24)) == FeatureLayout("tokens", 1)
+    assert FeatureLayout.guess((16, 24)) == FeatureLayout("tokens", 0)
+    assert FeatureLayout.of(["tokens", 2]) == FeatureLayout("tokens", 2)
+
+
+def test_layout_errors_are_one_line() -> None:
+    with pytest.raises(LeenetError, match="square grid") as info:
+        make_head("sdn", (18, 24), 3, FeatureLayout("tokens", 0))
+    assert "\n" not in str(info.value)
+    with pytest.raises(LeenetError, match=r"unknown feature layout 'hwc' \(valid: nchw, nhwc, tokens, flat\)"):
+        make_head("pool", (4, 4, 8), 3, "hwc")
+    with pytest.raises(LeenetError, match=r"are not maps \(C, H, W\)"):
+        make_head("pool", (17, 24), 3, "nchw")

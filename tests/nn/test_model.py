@@ -16,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from leenet.config import GateConfig
 from leenet.errors import LeenetError
 from leenet.evaluate.timing import PlainBackbone
-from leenet.nn.model import ExitNet, attach_exits
+from leenet.nn.attach import attach_exits
+from leenet.nn.model import ExitNet
 from leenet.policy.simulate import first_exit
 
 from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_

@@ -216,3 +216,47 @@ def test_untraceable_model_asks_for_explicit_stages() -> None:
         valid_exit_points(TwoInputs())
     with pytest.raises(LeenetError, match="must be a torch.nn.Module"):
         split_backbone(lambda x: x, ["a"])
+
+
+class _Drop(nn.Module):
+    """Outside torch.nn and mode-dependent, like torchvision's StochasticDepth: zero in training."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * 0 if self.training else x
+
+
+class _ModeToy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = _Drop()
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, scale: float = 1.0) -> Tensor:
+        h = self.b(self.drop(self.a(x))) * scale
+        if mask is not None:
+            h = h * mask
+        return self.fc(h.mean((2, 3)))
+
+
+def test_traced_in_eval_mode_and_mode_dependent_modules_follow_train_and_eval() -> None:
+    model = _ModeToy().train()  # attached in training mode, as a pipeline may
+    stages = split_backbone(model, ["drop"])
+    assert model.training  # the model's own mode is restored after tracing
+    x = torch.randn(2, 3, 6, 6)
+    for stage in stages:
+        stage.eval()
+    assert torch.allclose(_compose(stages, x), model.eval()(x))
+    for stage in stages:
+        stage.train()
+    assert torch.allclose(_compose(stages, x), model.train()(x))  # _Drop stays a call, not a frozen branch
+    assert any(n.op == "call_module" and n.target == "drop" for n in stages[0].graph.nodes)
+
+
+def test_optional_forward_arguments_are_traced_at_their_defaults() -> None:
+    model = _ModeToy().eval()
+    assert "b" in valid_exit_points(model)
+    stages = split_backbone(model, ["b"])
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.allclose(_compose(stages, x), model(x))

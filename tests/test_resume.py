@@ -1,0 +1,117 @@
+"""Runs that survive a kill: SIGKILL during backbone or head training, then `--resume`, gives the
+results of an uninterrupted run with the same seed; what a resumption refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from leenet.cli import main
+from leenet.resume import atomic_save
+
+ARGS = ["--epochs", "4", "--head-epochs", "12", "--alphas", "0,0.5,1", "--gate-steps", "30", "--no-timing"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # one thread: the same sums every time
+UNCHANGING = ("timings",)
+
+
+def _leenet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "leenet", "run", *args]
+
+
+def _results(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    for key in UNCHANGING:
+        results.pop(key)
+    results["config"].pop("out")
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    subprocess.run(_leenet("--out", str(out), *ARGS), env=ENV, check=True, capture_output=True)
+    return out
+
+
+def _kill_at(out: Path, line: str) -> str:
+    """Start a run, SIGKILL it once it logs ``line`` (an epoch line), return what it logged."""
+    proc = subprocess.Popen(_leenet("--out", str(out), *ARGS), env=ENV, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    seen = []
+    for text in proc.stderr:
+        seen.append(text)
+        if text.startswith(line):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+@pytest.mark.parametrize(("line", "reused"), [
+    ("backbone epoch 2/4", r"backbone-epoch \(epoch [23]/4\)"),  # the kill lands in epoch 3, or in 4
+    ("heads epoch 4/12", r"backbone, heads-epoch \(epoch \d+/12\)"),
+], ids=["during-backbone-training", "during-head-training"])
+def test_a_killed_run_resumes_to_the_same_results(uninterrupted: Path, tmp_path: Path, line: str,
+                                                  reused: str) -> None:
+    out = tmp_path / "killed"
+    _kill_at(out, line)
+    assert not (out / "results.json").exists() and (out / "config.json").is_file()
+    done = subprocess.run(_leenet(*ARGS, "--resume", str(out)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = [ln for ln in done.stderr.splitlines() if ln.startswith("resume:")]
+    assert len(resumed) == 1 and re.fullmatch(f"resume: reusing {reused} from {re.escape(str(out))}", resumed[0])
+    assert _results(out) == _results(uninterrupted)
+    assert not (out / "stages").exists(), "a finished run keeps only its usual files"
+
+
+def test_resume_refuses_other_settings_and_finished_runs(uninterrupted: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "partial"
+    out.mkdir()
+    config = json.loads((uninterrupted / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["run", *ARGS, "--epochs", "7", "--quiet", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.epochs: 4 there, 7 here" in err, err
+    assert main(["run", *ARGS, "--quiet", "--resume", str(uninterrupted)]) == 2
+    assert "that run finished" in capsys.readouterr().err
+    assert main(["run", *ARGS, "--quiet", "--resume", str(tmp_path / "none")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_is_not_started_over_by_accident(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "interrupted"
+    (out / "stages").mkdir(parents=True)
+    assert main(["run", "--out", str(out), *ARGS, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+
+
+def test_sigterm_keeps_the_stages_and_says_how_to_resume(tmp_path: Path) -> None:
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(_leenet("--out", str(out), *ARGS), env=ENV, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    for text in proc.stderr:
+        if text.startswith("heads epoch 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (out / "stages" / "backbone.pt").is_file() and (out / "config.json").is_file()
+    assert f"--resume {out}" in rest and "--out" not in rest.split("continue with")[-1], rest
+
+
+def test_stage_files_are_written_whole_and_read_as_plain_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "stage.pt"
+    atomic_save({"w": torch.ones(3)}, path)
+    atomic_save({"w": torch.zeros(3)}, path)  # replaced, never half written
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["stage.pt"]
