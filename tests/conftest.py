@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
@@ -121,3 +122,18 @@ def tiny_stages(tiny_cnn: TinyCNN) -> list[nn.Module]:
 def tiny_input() -> Tensor:
     """A (64, 3, 16, 16) batch of random images."""
     return torch.randn(64, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the operators that make a GPU wait for the host: reading a value back, or
+    sizing an output from data (``nonzero``, boolean-mask indexing)."""
+
+    SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += str(func.overloadpacket) in self.SYNCING
+        return func(*args, **(kwargs or {}))

@@ -61,7 +61,7 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module], int, type | None]
         known = torchvision.models.list_models(module=torchvision.models)
         if model not in known:
             raise LeenetError(f"unknown torchvision classifier {model!r}{_close(model, known, 'tv:')}")
-        return (f"torchvision {model}", functools.partial(_build_tv, model), 224,
+        return (f"torchvision {model}", functools.partial(build_torchvision, model), 224,
                 torchvision.models.get_model_weights(model))
     if prefix == "timm":
         timm = _timm()
@@ -119,8 +119,10 @@ def weights_for(name: str, weights: str) -> TimmWeights | None:
     return TimmWeights(model, tag, {"categories": tuple(range(cfg.num_classes or 1000))})
 
 
-def _build_tv(arch: str, num_classes: int, in_channels: int, *, weights=None, image_size: int | None = None
-              ) -> nn.Module:
+def build_torchvision(arch: str, num_classes: int, in_channels: int, *, weights=None, image_size: int | None = None
+                      ) -> nn.Module:
+    """torchvision's ``arch``: ``weights`` (an enum member) loaded before the classifier and the first
+    convolution are adapted to ``num_classes`` and ``in_channels``; ``image_size`` for models built for one."""
     size = _size_kwarg(inspect.signature(getattr(torchvision.models, arch)).return_annotation)
     kwargs = {size: image_size} if size and image_size else {}
     if weights is None:

@@ -28,7 +28,6 @@ from leenet.backbones.weights import (
     classifier_name,
     first_conv_name,
     load_checked,
-    load_torchvision_weights,
     read_state_dict,
     replace_classifier,
 )
@@ -60,20 +59,6 @@ class BackboneInfo:
     description: str
 
 
-def _torchvision_backbone(
-    arch: str, num_classes: int, in_channels: int, *, weights: WeightsEnum | None = None
-) -> nn.Module:
-    """torchvision's ``arch``, with ``weights`` (an enum member) loaded before adapting it."""
-    if weights is None:
-        model = getattr(torchvision.models, arch)(num_classes=num_classes)
-    else:
-        model = load_torchvision_weights(arch, weights)
-        if len(weights.meta["categories"]) != num_classes:
-            replace_classifier(model, num_classes)
-    adapt_first_conv(model, in_channels, pretrained=weights is not None)
-    return model
-
-
 _RESNET_EXITS = ("layer1", "layer2", "layer3")
 # features.N after VGG-11's 2nd, 3rd and 4th max-pool (tests check them against the built model)
 _VGG11_EXITS = ("features.5", "features.10", "features.15")
@@ -96,22 +81,22 @@ BACKBONES: dict[str, BackboneInfo] = _registry(
         description="ResNet, 3 stages of 2 BasicBlocks (24/48/96 wide) for 28-32 px, 45 M MACs at 28 px",
     ),
     BackboneInfo(
-        "resnet50", functools.partial(_torchvision_backbone, "resnet50"), _RESNET_EXITS, input_size=224,
+        "resnet50", functools.partial(external.build_torchvision, "resnet50"), _RESNET_EXITS, input_size=224,
         imagenet_normalization=True, weights_enum=torchvision.models.ResNet50_Weights,
         description="torchvision ResNet-50 for 224 px, 4.1 G MACs",
     ),
     BackboneInfo(
-        "vgg11_bn", functools.partial(_torchvision_backbone, "vgg11_bn"), _VGG11_BN_EXITS, input_size=224,
+        "vgg11_bn", functools.partial(external.build_torchvision, "vgg11_bn"), _VGG11_BN_EXITS, input_size=224,
         imagenet_normalization=True, weights_enum=torchvision.models.VGG11_BN_Weights,
         description="torchvision VGG-11 with batch norm for 224 px, 7.6 G MACs",
     ),
     BackboneInfo(
-        "vgg11", functools.partial(_torchvision_backbone, "vgg11"), _VGG11_EXITS, input_size=224,
+        "vgg11", functools.partial(external.build_torchvision, "vgg11"), _VGG11_EXITS, input_size=224,
         imagenet_normalization=True, weights_enum=torchvision.models.VGG11_Weights,
         description="torchvision VGG-11 for 224 px, 7.6 G MACs",
     ),
     BackboneInfo(
-        "densenet121", functools.partial(_torchvision_backbone, "densenet121"), _DENSENET_EXITS,
+        "densenet121", functools.partial(external.build_torchvision, "densenet121"), _DENSENET_EXITS,
         input_size=224, imagenet_normalization=True, weights_enum=torchvision.models.DenseNet121_Weights,
         description="torchvision DenseNet-121 for 224 px, 2.8 G MACs",
     ),

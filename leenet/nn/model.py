@@ -193,6 +193,11 @@ class ExitNet(nn.Module):
         """
         self.check_input(x)
         enabled, run_head = self._exit_plan()
+        if not any(run_head):  # no gate can fire and no head is read: the plain backbone, nothing else
+            h = x
+            for stage in self.stages:
+                h = stage(h)
+            return h, torch.full((x.shape[0],), self.num_exits - 1, dtype=torch.long, device=x.device)
         if x.shape[0] == 1:
             return self._route_one(x, enabled, run_head)
         batch = x.shape[0]

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from leenet.config import GateConfig
 from leenet.errors import LeenetError
@@ -20,7 +19,7 @@ from leenet.nn.attach import attach_exits
 from leenet.nn.model import ExitNet
 from leenet.policy.simulate import first_exit
 
-from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
+from conftest import EXIT_POINTS, INPUT_SHAPE, NUM_CLASSES, HostSyncs, explicit_stages, make_tiny_cnn, mix_exits_
 
 GATE_CONFIGS = [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)]
 GATE_CONFIGS.append(GateConfig(hidden=8, classes=True))
@@ -226,31 +225,16 @@ def test_gate_decision_threshold_must_be_a_probability() -> None:
                                 threshold=bad)
 
 
-class _HostSyncs(TorchDispatchMode):
-    """Counts the operators that make a GPU wait for the host: reading a value back, or
-    sizing an output from data (``nonzero``, boolean-mask indexing)."""
-
-    SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += str(func.overloadpacket) in self.SYNCING
-        return func(*args, **(kwargs or {}))
-
-
 def test_routed_forward_syncs_once_per_gate(tiny_input: Tensor) -> None:
     """On a GPU every host sync stalls the launch queue: the routed pass may read back one
     count per enabled gate that samples reach (plus the enabled flags, read with tolist),
     whatever the gate inputs (``F.one_hot`` used to add two checks per gate)."""
     net = mix_exits_(_tiny_net(GateConfig(hidden=8, history=True, pooled=True, classes=True)), tiny_input, 0.5)
-    with torch.no_grad(), _HostSyncs() as syncs:
+    with torch.no_grad(), HostSyncs() as syncs:
         net(tiny_input)
     assert syncs.count == len(net.gates)
     net.gates[1].enabled.fill_(False)
-    with torch.no_grad(), _HostSyncs() as syncs:
+    with torch.no_grad(), HostSyncs() as syncs:
         net(tiny_input)
     assert syncs.count == len(net.gates) - 1
 

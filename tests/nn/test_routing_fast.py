@@ -20,7 +20,7 @@ from leenet.nn.cost import heads_needed
 from leenet.nn.model import ExitNet
 from leenet.policy.simulate import first_exit
 
-from conftest import INPUT_SHAPE, NUM_CLASSES, explicit_stages, make_tiny_cnn, mix_exits_
+from conftest import INPUT_SHAPE, NUM_CLASSES, HostSyncs, explicit_stages, make_tiny_cnn, mix_exits_
 
 GATE_CONFIGS = [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)]
 GATE_CONFIGS += [GateConfig(hidden=8, classes=True), GateConfig(hidden=0, history=True, pooled=True, classes=True)]
@@ -139,27 +139,15 @@ def test_everyone_left_by_a_middle_exit_stops_there(tiny_input: Tensor) -> None:
     assert not calls  # nothing left to run after exit 1
 
 
-class _HostSyncs(TorchDispatchMode):
-    SYNCING = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.item"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += str(func.overloadpacket) in self.SYNCING
-        return func(*args, **(kwargs or {}))
-
-
 def test_batch_of_one_reads_one_decision_per_gate_reached(tiny_input: Tensor) -> None:
     net = _net(GateConfig(history=True, pooled=True, classes=True))
     net.threshold = 1.0  # nobody leaves: every gate decides
-    with torch.no_grad(), _HostSyncs() as syncs:
+    with torch.no_grad(), HostSyncs() as syncs:
         net(tiny_input[:1])
     assert syncs.count == len(net.gates)
     net.gates[2].enabled.fill_(False)
     net.threshold = 1e-9  # the first gate lets it out
-    with torch.no_grad(), _HostSyncs() as syncs, _Ops() as ops:
+    with torch.no_grad(), HostSyncs() as syncs, _Ops() as ops:
         net(tiny_input[:1])
     assert syncs.count == 1
     assert ops.count("aten.sort", "aten.index", "aten.index_put_", "aten.arange") == 0
