@@ -12,7 +12,6 @@ else; ``arch`` is None for other backbones, which are passed again to :func:`loa
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from leenet.backbones.registry import build_backbone
 from leenet.backbones.weights import load_tensors
 from leenet.config import GateConfig, check_alpha
 from leenet.errors import CheckpointError, LeenetError, brief
+from leenet.files import replace_atomically
 from leenet.nn.attach import attach_exits
 from leenet.nn.heads import HEAD_TYPES, FeatureLayout
 from leenet.nn.model import ExitNet
@@ -84,11 +84,7 @@ def save_checkpoint(
             for alpha, gates in (gate_bank or {}).items()
         },
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return replace_atomically(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path: str | Path) -> dict:

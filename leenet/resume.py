@@ -9,7 +9,6 @@ found there; the finished run keeps only its usual files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from leenet.distributed import Processes, broadcast, load_loader_state, loader_state
 from leenet.errors import LeenetError, brief
+from leenet.files import replace_atomically
 from leenet.rundir import STAGES, as_json, write_json
 
 FORMAT = "leenet.stage"
@@ -27,12 +27,7 @@ UNCHANGING = {"out", "overwrite", "timing", "progress", "data.download"}
 
 def atomic_save(payload: dict, path: Path) -> None:
     """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_atomically(path, lambda f: torch.save(payload, f))
 
 
 def rng_state() -> dict:

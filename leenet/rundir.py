@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from leenet.errors import LeenetError
+from leenet.files import replace_atomically
 
 STAGES = "stages"  # the folder of a run directory that holds its finished stages until the run ends
 
@@ -72,9 +72,8 @@ def warn(message: str) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
+    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def as_json(payload: dict) -> dict:

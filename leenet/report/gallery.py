@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
 from leenet.errors import LeenetError, brief
+from leenet.files import replace_atomically
 from leenet.report.common import esc, setting
 from leenet.report.plots import save
 from leenet.report.results import GalleryExit, GallerySection, Results
@@ -118,12 +119,9 @@ def _thumbnails(images: Any, idx: np.ndarray, value_max: float) -> np.ndarray:
 
 def write_gallery_file(run_dir: str | os.PathLike, thumbnails: Thumbnails) -> Path:
     """Save ``thumbnails`` as ``run_dir/gallery.npz`` (compressed, no pickles), atomically; returns the path."""
-    path = Path(run_dir) / GALLERY_FILE
-    tmp = path.with_name("gallery.tmp.npz")
     fields = {name: getattr(thumbnails, name) for name in FIELDS}
-    np.savez_compressed(tmp, **{**fields, "class_names": np.array(thumbnails.class_names, dtype=str)})
-    os.replace(tmp, path)
-    return path
+    arrays = {**fields, "class_names": np.array(thumbnails.class_names, dtype=str)}
+    return replace_atomically(Path(run_dir) / GALLERY_FILE, lambda f: np.savez_compressed(f, **arrays))
 
 
 def read_gallery_file(path: str | os.PathLike) -> Thumbnails:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from leenet.errors import LeenetError, brief
+from leenet.files import replace_atomically
 from leenet.report.parse import build, plain
 
 SCHEMA_VERSION = 2
@@ -286,8 +287,5 @@ def read_results(path: str | os.PathLike) -> Results:
 
 def write_results(path: str | os.PathLike, results: Results) -> Path:
     """Write ``results`` as JSON at ``path`` atomically (a temporary file, then a rename); returns the path."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(results.to_dict(), indent=2) + "\n"
+    return replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
