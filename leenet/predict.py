@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from leenet.checkpoint import load_checkpoint, read_checkpoint
 from leenet.errors import LeenetError
-from leenet.export.metadata import run_metadata
+from leenet.export.metadata import load_run
 from leenet_runtime import ExitRunner, ExportError
 from leenet_runtime.manifest import MANIFEST_NAME
 from leenet_runtime.predict import iter_batches, make_records, predict, report_error
@@ -74,11 +73,7 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
 
 def _predict_torch(path: Path, paths: Sequence[str | Path], *, batch_size: int, value_max: float | None,
                    device: str | torch.device, on_error: Callable[[str], None]) -> Iterator[dict]:
-    model = path / "model.pt" if path.is_dir() else path
-    if not model.is_file():
-        raise LeenetError(f"{path} has no model.pt: pass the directory of a finished `leenet run` (or its model.pt)")
-    net = load_checkpoint(model, map_location=device)
-    prep, class_names = run_metadata(read_checkpoint(model)["spec"], model.parent)
+    net, prep, class_names = load_run(path, map_location=device)
     costs = net.routed_cost().tolist()
     for batch, files in iter_batches(paths, prep, batch_size=batch_size, value_max=value_max, on_error=on_error):
         with torch.no_grad():

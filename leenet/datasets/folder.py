@@ -50,13 +50,23 @@ class FolderData:
     class_names: tuple[str, ...]  # folder names, sorted; label i is class_names[i]
 
 
+def eval_resize(image_size: int) -> int:
+    """The shorter side an evaluation image is resized to before its centre ``image_size`` crop (ImageNet's 256/224)."""
+    return int(image_size * 256 / 224)
+
+
+def eval_geometry(image_size: int) -> list:
+    """Resize the shorter side to :func:`eval_resize`, then crop the centre ``image_size`` square."""
+    return [v2.Resize(eval_resize(image_size)), v2.CenterCrop(image_size)]
+
+
 def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
                     *, train: bool) -> Callable[[Image.Image], Tensor]:
     """ImageNet-style transform: random resized crop + flip, or resize + center crop."""
     if train:
         geometry = [v2.RandomResizedCrop(image_size), v2.RandomHorizontalFlip()]
     else:
-        geometry = [v2.Resize(int(image_size * 256 / 224)), v2.CenterCrop(image_size)]
+        geometry = eval_geometry(image_size)
     return v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(list(mean), list(std))])
 
@@ -125,8 +135,7 @@ class FolderImages:
 
     def __init__(self, ds: ImageFolderDataset) -> None:
         self.ds = ds
-        size = ds.image_size
-        self.geometry = v2.Compose([v2.ToImage(), v2.Resize(int(size * 256 / 224)), v2.CenterCrop(size)])
+        self.geometry = v2.Compose([v2.ToImage(), *eval_geometry(ds.image_size)])
 
     def __getitem__(self, indices: Sequence[int]) -> np.ndarray:
         return np.stack([self.geometry(open_rgb(self.ds.samples[int(i)][0])).numpy() for i in indices])

@@ -6,11 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from leenet.data import Splits, TensorImageDataset, load_dataset
-from leenet.errors import LeenetError, brief
-from leenet_runtime.manifest import Preprocessing
+import torch
 
-CROP_RATIO = 256 / 224  # folder datasets resize the shorter side to size * 256/224, then centre-crop
+from leenet.checkpoint import load_checkpoint, read_checkpoint
+from leenet.data import Splits, TensorImageDataset, load_dataset
+from leenet.datasets.folder import eval_resize
+from leenet.errors import LeenetError, brief
+from leenet.nn.model import ExitNet
+from leenet_runtime.manifest import Preprocessing
 
 
 def default_preprocessing(input_shape: Sequence[int]) -> Preprocessing:
@@ -61,7 +64,7 @@ def preprocessing_of(splits: Splits, input_shape: Sequence[int], mean: Sequence[
         color = "L" if test.images.shape[1] == 1 else "RGB"
         return Preprocessing(resize="stretch", resize_size=0, color=color, **common)
     # image files, torchvision's eval transform (leenet.datasets.folder.build_transform)
-    return Preprocessing(resize="shorter-side-crop", resize_size=int(height * CROP_RATIO), color="RGB", **common)
+    return Preprocessing(resize="shorter-side-crop", resize_size=eval_resize(height), color="RGB", **common)
 
 
 def _data_dir(run_dir: Path) -> Path | None:
@@ -74,3 +77,22 @@ def _data_dir(run_dir: Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LeenetError(f"{config} is unreadable ({brief(exc)}): restore it from the run") from None
     return Path(data_dir).expanduser() if data_dir is not None else None
+
+
+def load_run(source: str | Path, *, map_location: str | torch.device = "cpu",
+             ) -> tuple[ExitNet, Preprocessing, tuple[str, ...]]:
+    """A finished run's network, the preprocessing of its images and its class names.
+
+    Args:
+        source: a run directory or its ``model.pt``.
+
+    Raises:
+        LeenetError: no ``model.pt`` there, or it (or the data it names) cannot be read.
+    """
+    source = Path(source)
+    model = source / "model.pt" if source.is_dir() else source
+    if not model.is_file():
+        raise LeenetError(f"{source} has no model.pt: pass the directory of a finished `leenet run` "
+                          "(or its model.pt)")
+    prep, class_names = run_metadata(read_checkpoint(model)["spec"], model.parent)
+    return load_checkpoint(model, map_location=map_location), prep, class_names

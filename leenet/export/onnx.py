@@ -18,9 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
 
-from leenet.checkpoint import load_checkpoint, read_checkpoint
 from leenet.errors import LeenetError, brief
-from leenet.export.metadata import default_preprocessing, run_metadata
+from leenet.export.metadata import default_preprocessing, load_run
 from leenet.nn.cost import heads_needed
 from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
@@ -120,9 +119,7 @@ def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int
     if isinstance(source, ExitNet):
         net, names, prep = source, class_names, preprocessing or default_preprocessing(_shape(source))
     else:
-        model = _model_file(Path(source))
-        net = load_checkpoint(model)
-        prep, run_names = run_metadata(read_checkpoint(model)["spec"], model.parent)
+        net, prep, run_names = load_run(source)
         names, prep = class_names or list(run_names), preprocessing or prep
     net = copy.deepcopy(net).float().cpu().eval()
     example = torch.randn(2, *_shape(net), generator=torch.Generator().manual_seed(0))
@@ -160,14 +157,6 @@ def _shape(net: ExitNet) -> tuple[int, ...]:
 def _num_classes(net: ExitNet, example: Tensor) -> int:
     with torch.no_grad():
         return int(net.forward_all(example).logits.shape[-1])
-
-
-def _model_file(source: Path) -> Path:
-    model = source / "model.pt" if source.is_dir() else source
-    if not model.is_file():
-        raise LeenetError(f"{source} has no model.pt: pass the directory of a finished `leenet run` "
-                          "(or its model.pt)")
-    return model
 
 
 def _prepare_dir(out: Path) -> Path:
