@@ -48,6 +48,7 @@ from leenet.evaluate import (
 from leenet.nn import attach_exits, make_gates, split_backbone
 from leenet.policy import (
     CachedOutputs,
+    GateProblem,
     collect_outputs,
     confidence_scores,
     fit_gate_sweep,
@@ -288,10 +289,11 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
 
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,
              grids: dict | None, *, alphas: tuple[float, ...] = ALPHAS,
-             budget_curve_methods: tuple[str, ...] = BUDGET_CURVE_METHODS) -> dict:
+             budget_curve_methods: tuple[str, ...] = BUDGET_CURVE_METHODS, budget_step: float = BUDGET_STEP) -> dict:
     """Every gate method for one seed's heads, swept over ``alphas``; returns candidates and metrics.
 
-    ``budget_curve_methods`` also solve a budget every :data:`BUDGET_STEP` of cost (minutes each).
+    ``budget_curve_methods`` also solve a budget every ``budget_step`` of cost (minutes each).
+    Each method's fits (alpha → :class:`leenet.policy.sweep.GateFit`) are kept under "fits".
     """
     ev = Evaluator.of(net, calib, test)
     grids = grids or {k: threshold_grid(confidence_scores(calib.logits, k)) for k in ("max_softmax", "entropy")}
@@ -307,16 +309,17 @@ def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutput
                                calib.logits.shape[-1])
         fit_on = train if train_config.predictors_on == "train" else None
         family = []
-        fits = fit_gate_sweep(net, calib, alphas, train_config, seed=seed, fit_on=fit_on)
+        problem = GateProblem.of(net)
+        fits = fit_gate_sweep(problem, calib, alphas, train_config, seed=seed, fit_on=fit_on)
         for alpha, fit in fits.items():
             family += ev.leenet(alpha, fit.gates, gate_config, DECISION_THRESHOLDS, fit.calib_probs)
         curve = [c for c in family if c.threshold == 0.5]
         metrics = method_metrics(curve, family, both, singles, float(net.cost[0]))
         if name in budget_curve_methods:
-            budget_curve = ev.budget_curve(net, fits[alphas[0]], train_config, BUDGET_STEP)
+            budget_curve = ev.budget_curve(problem, fits[alphas[0]], train_config, budget_step)
             metrics["budget_gap"] = test_gap(budget_curve, both, float(net.cost[0]))
         metrics["seconds"] = time.perf_counter() - start
-        out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics}
+        out["methods"][name] = {"curve": curve, "family": family, "metrics": metrics, "fits": fits}
         print(f"seed {seed} {name}: area {metrics['gap']['area']:+.5f} worst {metrics['gap']['worst_gap']:+.4f}"
               f"@{metrics['gap']['worst_cost']:.2f} calib-area {metrics['calib_area']:+.5f} "
               f"cost@0.5pt {metrics['cost_at_0.5pt']} jump {metrics['max_jump']:.3f} "

@@ -24,12 +24,14 @@ from leenet.evaluate import (
 from leenet.export import export_onnx
 from leenet.nn import (
     CostModel,
+    ExitEnsemble,
     ExitNet,
     ExitOutputs,
     FeatureLayout,
     attach_exits,
     count_flops,
     describe_exit_points,
+    ensemble_for,
     split_backbone,
     valid_exit_points,
 )
@@ -61,10 +63,11 @@ from leenet.version import __version__
 
 __all__ = [
     "BACKBONES", "CachedOutputs", "Candidate", "CheckpointError", "CostModel", "DataConfig", "DataError", "Evaluator",
-    "ExitNet", "ExitOutputs", "ExitPointError", "FeatureLayout", "GateConfig", "GateFit", "GateProblem",
+    "ExitEnsemble", "ExitNet", "ExitOutputs", "ExitPointError", "FeatureLayout", "GateConfig", "GateFit", "GateProblem",
     "GateTrainConfig", "LeenetError", "ModelConfig", "PolicyResult", "Results", "RunConfig", "TrainConfig",
     "__version__", "attach_exits", "backbone_names", "budget_sweep", "build_backbone", "collect_outputs",
-    "confidence_scores", "count_flops", "dataset_defaults", "dataset_names", "describe_exit_points", "envelope_gap",
+    "confidence_scores", "count_flops", "dataset_defaults", "dataset_names", "describe_exit_points", "ensemble_for",
+    "envelope_gap",
     "exit_losses", "export_onnx", "find_budget", "first_exit", "fit_gate_sweep", "fit_gates", "freeze_",
     "gates_for_alpha", "gates_for_budget", "get_backbone_info", "load_checkpoint", "load_dataset", "make_loader",
     "measure_wall_clock", "operating_points", "parse_alphas", "predict_files", "predictor_fit", "read_results",

@@ -5,8 +5,9 @@ exit's feature layout, gate settings, input shape and, for a backbone made by
 :func:`leenet.build_backbone`, its name), so ``save_checkpoint(path, net)`` needs nothing
 else; ``arch`` is None for other backbones, which are passed again to :func:`load_checkpoint`
 (a model, or the same explicit list of stages). Version 2 added every buffer of the network
-(head and gate costs, each gate's ``enabled`` flag). Older files are migrated on read by
-:func:`_migrate_v1` and :func:`_migrate_v2`, explicitly, rather than patched while loading a module.
+(head and gate costs, each gate's ``enabled`` flag). Version 4 adds the heads' cascade and the
+exits' ensemble (:mod:`leenet.nn.combine`). Older files are migrated on read by :func:`_migrate_v1`,
+:func:`_migrate_v2` and :func:`_migrate_v3`, explicitly, rather than patched while loading a module.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from torch import nn
 
 from leenet.backbones.registry import build_backbone
 from leenet.backbones.weights import load_tensors
-from leenet.config import GateConfig, check_alpha
+from leenet.config import CASCADE_KINDS, ENSEMBLE_KINDS, GateConfig, check_alpha
 from leenet.errors import CheckpointError, LeenetError, brief
 from leenet.files import replace_atomically
 from leenet.nn.attach import attach_exits
+from leenet.nn.combine import ExitEnsemble
 from leenet.nn.heads import HEAD_TYPES, FeatureLayout
 from leenet.nn.model import ExitNet
 
 FORMAT = "leenet.exitnet"
-VERSION = 3
-_REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold", "layouts")
+VERSION = 4
+_REQUIRED = ("arch", "exits", "num_classes", "input_shape", "head", "gate", "threshold", "layouts", "cascade",
+             "ensemble")
 
 
 def network_spec(net: ExitNet) -> dict:
@@ -48,6 +51,8 @@ def network_spec(net: ExitNet) -> dict:
         "input_shape": list(net.input_shape) if net.input_shape is not None else None,
         "head": heads[0].kind if heads else "pool", "gate": dataclasses.asdict(net.gate_config),
         "threshold": net.threshold, "layouts": [h.layout.as_list() for h in heads],
+        "cascade": "off" if net.cascade is None else net.cascade.kind,
+        "ensemble": None if net.ensemble is None else {"kind": net.ensemble.kind, "final": net.ensemble.final},
     }
 
 
@@ -101,6 +106,8 @@ def read_checkpoint(path: str | Path) -> dict:
         payload = _migrate_v1(payload)
     if payload.get("version") == 2:
         payload = _migrate_v2(payload)
+    if payload.get("version") == 3:
+        payload = _migrate_v3(payload)
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')}, this LEENet reads version {VERSION}: "
@@ -142,11 +149,19 @@ def load_checkpoint(
         gate_config = GateConfig(**spec["gate"])
     except TypeError as exc:  # settings this version does not know
         raise CheckpointError(f"{path} has gate settings this LEENet cannot read ({exc}): rerun `leenet run`") from None
+    ensemble = spec["ensemble"]
+    if spec["cascade"] not in CASCADE_KINDS or not (
+            ensemble is None or (isinstance(ensemble, dict) and ensemble.get("kind") in ENSEMBLE_KINDS[1:]
+                                 and isinstance(ensemble.get("final"), bool))):
+        raise CheckpointError(f"{path} has cascade or ensemble settings this LEENet cannot read: rerun `leenet run`")
     net = attach_exits(
         backbone, spec["exits"], input_shape=spec["input_shape"], num_classes=spec["num_classes"],
         head=spec["head"], gate_config=gate_config, threshold=spec["threshold"],
         layout=None if spec["layouts"] is None else [FeatureLayout.of(lay) for lay in spec["layouts"]],
+        cascade=spec["cascade"],
     )
+    if ensemble is not None:
+        net.set_ensemble(ExitEnsemble(net.num_exits, spec["num_classes"], ensemble["kind"], ensemble["final"]))
     _load_strict(net, payload["state_dict"], path)
     if alpha is not None:
         bank = payload.get("gate_bank", {})
@@ -195,3 +210,11 @@ def _migrate_v2(payload: dict) -> dict:
     if not isinstance(spec, dict):
         return payload  # damaged: read_checkpoint says so
     return {**payload, "version": 3, "spec": {**spec, "layouts": None}}
+
+
+def _migrate_v3(payload: dict) -> dict:
+    """A version-3 checkpoint as version 4: plain heads (no cascade) and no ensemble."""
+    spec = payload.get("spec")
+    if not isinstance(spec, dict):
+        return payload  # damaged: read_checkpoint says so
+    return {**payload, "version": 4, "spec": {**spec, "cascade": "off", "ensemble": None}}

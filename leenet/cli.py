@@ -15,8 +15,10 @@ from pathlib import Path
 from leenet.backbones import BACKBONES, build_backbone, get_backbone_info
 from leenet.config import (
     ALPHA_UNITS,
+    CASCADE_KINDS,
     COST_UNITS,
     DEVICES,
+    ENSEMBLE_KINDS,
     HEAD_KINDS,
     LOSS_KINDS,
     OBJECTIVES,
@@ -101,6 +103,17 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--head", choices=HEAD_KINDS,
                    help="exit head: pool (pool+linear), sdn (conv reduction), flatten (original LEENet); "
                    "default flatten for digits, sdn for fashion-mnist, pool otherwise")
+    m.add_argument("--cascade", choices=CASCADE_KINDS,
+                   help="cascaded heads: each head also reads the previous head's logits through a small linear "
+                        "link (counted in its FLOPs), trained with the heads; grad = the later heads' losses also "
+                        "train the earlier heads, detach = they do not (default: off)")
+    m.add_argument("--ensemble", choices=ENSEMBLE_KINDS,
+                   help="ensembled exits: each exit answers with a weighted sum of the log-probabilities of every "
+                        "head up to it, fit on the calibration split; geometric = non-negative weights (a weighted "
+                        "product of probabilities), linear = any weights (default: off)")
+    m.add_argument("--ensemble-final", action=argparse.BooleanOptionalAction,
+                   help="with --ensemble, also ensemble the final exit (every head + the backbone); the heads "
+                        "then run for every sample (default: when it beats the backbone on calibration, out of fold)")
     m.add_argument("--gate-hidden", type=_positive_int,
                    help="gate MLP width (0 = logistic; default 16, 32 on fashion-mnist)")
     m.add_argument("--gate-pooled", action=argparse.BooleanOptionalAction,
@@ -121,6 +134,11 @@ def _add_run_parser(sub) -> None:
                         "computes it natively, else fp32 (default: fp32 on digits, auto elsewhere)")
     t.add_argument("--head-epochs", type=_positive_int, help="exit-head epochs (default: 30 on digits, 6 on "
                    "fashion-mnist, 5 elsewhere)")
+    t.add_argument("--distill", type=float, metavar="WEIGHT",
+                   help="self-distillation: weight in [0, 1] of the backbone's own softened logits in each head's "
+                        "loss, the rest on the labels (default: 0 = labels only)")
+    t.add_argument("--distill-temperature", type=float, default=3.0, metavar="T",
+                   help="softening temperature of --distill (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
@@ -236,9 +254,10 @@ def run_config_from_args(args: argparse.Namespace):
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, download=args.download,
                         calib_size=args.calib_size, image_size=args.image_size, batch_size=args.batch_size),
         model=ModelConfig(arch=args.arch, exits=exits, head=args.head, gate=gate, weights=args.weights,
-                          num_classes=args.num_classes, transfer=args.transfer),
+                          num_classes=args.num_classes, transfer=args.transfer, cascade=args.cascade,
+                          ensemble=args.ensemble, ensemble_final=args.ensemble_final),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, precision=args.precision, head_epochs=args.head_epochs,
-                          gates=gate_train),
+                          gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature),
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,

@@ -18,6 +18,8 @@ PRECISIONS = ("auto", "fp32", "bf16")  # backbone training arithmetic
 SCORE_KINDS = ("max_softmax", "entropy")  # confidence-threshold baselines
 DEVICES = ("auto", "cpu", "cuda")
 COST_UNITS = ("flops", "latency")  # what an exit's cost counts
+CASCADE_KINDS = ("off", "detach", "grad")  # head i also reads head i-1's logits, see leenet.nn.combine
+ENSEMBLE_KINDS = ("off", "geometric", "linear")  # exit i combines heads 0..i, see leenet.nn.combine
 
 TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
 # Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
@@ -123,10 +125,20 @@ class ModelConfig:
     weights: str | None = None  # torchvision weights enum name or a file; None = train the backbone
     num_classes: int | None = None  # replace the backbone's classifier for this many classes
     transfer: bool = False  # with weights: train only the (new) classifier, backbone frozen
+    cascade: str | None = None  # "off", "detach" or "grad": head i also reads head i-1's logits
+    # (trained with the heads; "grad" lets head i's loss train the heads before it); None = dataset default
+    ensemble: str | None = None  # "off", "geometric" or "linear": exit i answers with a weighted sum of
+    # the log-probabilities of heads 0..i, fit on the calibration split; None = dataset default
+    ensemble_final: bool | None = None  # also ensemble the final exit (heads + backbone); None = when it
+    # wins on calibration (out of fold)
 
     def __post_init__(self) -> None:
         if self.head is not None and self.head not in HEAD_KINDS:
             raise LeenetError(f"unknown head '{self.head}' (valid: {', '.join(HEAD_KINDS)})")
+        if self.cascade is not None and self.cascade not in CASCADE_KINDS:
+            raise LeenetError(f"unknown --cascade '{self.cascade}' (valid: {', '.join(CASCADE_KINDS)})")
+        if self.ensemble is not None and self.ensemble not in ENSEMBLE_KINDS:
+            raise LeenetError(f"unknown --ensemble '{self.ensemble}' (valid: {', '.join(ENSEMBLE_KINDS)})")
         if self.num_classes is not None and self.num_classes < 2:
             raise LeenetError(f"--num-classes must be at least 2, got {self.num_classes}")
         if self.exits is not None and len(self.exits) == 0:
@@ -163,6 +175,9 @@ class TrainConfig:
     precision: str | None = None  # backbone arithmetic: "auto", "fp32" or "bf16"; None = dataset default
     head_epochs: int | None = None  # exit-head epochs; None = dataset default
     head_lr: float = 2e-3  # exit-head learning rate (AdamW, cosine)
+    distill: float | None = None  # weight in [0, 1] of the backbone's softened logits in each head's
+    # loss (self-distillation; 0 = labels only); None = dataset default
+    distill_temperature: float = 3.0  # softening temperature of that distillation
     gates: GateTrainConfig | None = None  # gate objective and optimizer; None = the dataset's default
 
     def __post_init__(self) -> None:
@@ -174,6 +189,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 < value <= MAX_LR:  # also NaN
                 raise LeenetError(f"--{name.replace('_', '-')} must be a positive number up to {MAX_LR:g}, got {value}")
+        if self.distill is not None and not 0 <= self.distill <= 1:  # also NaN
+            raise LeenetError(f"--distill is the weight of the backbone's soft targets, in [0, 1] (0 = off), "
+                              f"got {self.distill}")
+        if not 0 < self.distill_temperature <= 100:  # also NaN
+            raise LeenetError(f"--distill-temperature must be a positive number (1-5 is typical), "
+                              f"got {self.distill_temperature}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise LeenetError(f"unknown --precision '{self.precision}' (valid: {', '.join(PRECISIONS)})")
 

@@ -26,6 +26,9 @@ class DatasetDefaults:
     head: str  # exit head kind
     gate: GateConfig  # what gates see
     gate_train: GateTrainConfig  # how gates are fit
+    distill: float = 0.0  # weight of the backbone's soft targets in the heads' loss
+    cascade: str = "off"  # head i also reads head i-1's logits
+    ensemble: str = "off"  # exit i combines heads 0..i (see leenet.nn.combine)
 
 
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
@@ -79,8 +82,9 @@ def resolve(config: RunConfig) -> RunConfig:
     return replace(
         config,
         model=replace(model, arch=arch, exits=tuple(model.exits or get_backbone_info(arch).default_exits),
-                      head=model.head or d.head, gate=model.gate or d.gate),
+                      head=model.head or d.head, gate=model.gate or d.gate, cascade=model.cascade or d.cascade,
+                      ensemble=model.ensemble or d.ensemble),
         train=replace(train, epochs=epochs, lr=train.lr or d.lr, precision=train.precision or d.precision,
                       head_epochs=d.head_epochs if train.head_epochs is None else train.head_epochs,
-                      gates=train.gates or d.gate_train),
+                      gates=train.gates or d.gate_train, distill=d.distill if train.distill is None else train.distill),
     )

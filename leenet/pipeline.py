@@ -43,7 +43,7 @@ from leenet.report import (
 from leenet.report.results import GallerySection
 from leenet.resume import RunState
 from leenet.rundir import STAGES, claim_dir, prepare_out_dir, resume_dir, warn, write_json
-from leenet.stages import Log, backbone_stage, cache_stage, eval_loader, gates_stage, heads_stage
+from leenet.stages import Log, backbone_stage, cache_stage, ensemble_stage, eval_loader, gates_stage, heads_stage
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,7 +126,8 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
         backbone, trained = backbone_stage(config, splits, procs, state, log)
     input_shape = (spec.in_channels, spec.image_size, spec.image_size)
     net = attach_exits(backbone, config.model.exits, input_shape=input_shape, num_classes=spec.num_classes,
-                       head=config.model.head, gate_config=config.model.gate).to(procs.device)
+                       head=config.model.head, gate_config=config.model.gate,
+                       cascade=config.model.cascade).to(procs.device)
     log("exits: " + ", ".join(f"{n} (cost {c:.3f})" for n, c in zip(net.exit_names, net.cost.tolist())))
     with timer.phase("heads"):
         heads_stage(net, config, splits, procs, state, log)
@@ -134,6 +135,9 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
         caches = cache_stage(net, config, splits, procs, state, log)
     if not procs.is_main:  # gates, evaluation and every file are rank 0's
         return None
+    if config.model.ensemble != "off":
+        with timer.phase("ensemble"):
+            caches = ensemble_stage(net, caches, config, log)
     flops_costs = CostModel.of(net).clone()  # a copy: latency costs replace the network's own
     latency = None
     if config.cost == "latency":
@@ -150,7 +154,10 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
         "latency": None if latency is None else latency.to_dict()}
     # what the run resolved where the config said None (a dataset default): the report shows these
     results["backbone"]["training"] = trained
-    results["heads"] = {"kind": config.model.head, "epochs": config.train.head_epochs, "lr": config.train.head_lr}
+    results["heads"] = {"kind": config.model.head, "epochs": config.train.head_epochs, "lr": config.train.head_lr,
+                        "distill": config.train.distill, "distill_temperature": config.train.distill_temperature,
+                        "cascade": config.model.cascade, "ensemble": config.model.ensemble,
+                        "ensemble_final": None if net.ensemble is None else net.ensemble.final}
     results["timings"] = timer.seconds
     if (out / "results.json").exists() and not config.overwrite:  # another run finished there meanwhile
         taken, out = out, claim_dir(out)

@@ -16,6 +16,7 @@ from leenet.config import RunConfig
 from leenet.data import Splits, make_loader
 from leenet.distributed import Processes, ShardedLoader, gather
 from leenet.errors import DataError, LeenetError
+from leenet.nn.combine import ensemble_for
 from leenet.nn.model import ExitNet
 from leenet.nn.split import split_backbone
 from leenet.policy.cache import CachedOutputs, cache_from_state, cache_state, collect_outputs, merge_shards
@@ -125,13 +126,17 @@ def heads_stage(net: ExitNet, config: RunConfig, splits: Splits, procs: Processe
         for stage in net.stages:
             freeze_(stage)
         net.heads.load_state_dict(saved["state"])
+        if net.cascade is not None:
+            net.cascade.load_state_dict(saved.get("cascade") or {})
         net.heads.eval()
         return
     loader = _train_loader(config, procs, splits.train)
     train_heads(net, lambda: iter(loader), steps_per_epoch=len(loader), epochs=train.head_epochs,
                 lr=train.head_lr, device=procs.device, progress=config.progress, procs=procs, log=log,
-                checkpoint=EpochCheckpoint(state, "heads-epoch", loader, train.head_epochs))
-    state.save("heads", {"state": net.heads.state_dict()})
+                checkpoint=EpochCheckpoint(state, "heads-epoch", loader, train.head_epochs),
+                distill=train.distill, temperature=train.distill_temperature)
+    state.save("heads", {"state": net.heads.state_dict(),
+                         "cascade": None if net.cascade is None else net.cascade.state_dict()})
     state.drop("heads-epoch")
 
 
@@ -169,6 +174,20 @@ def _cache(net: ExitNet, ds, config: RunConfig, procs: Processes, name: str) -> 
         return cache
     shards = gather((cache, loader.indices()), procs)
     return merge_shards(shards, len(ds)) if procs.is_main else None
+
+
+def ensemble_stage(net: ExitNet, caches: dict[str, CachedOutputs], config: RunConfig,
+                   log: Log) -> dict[str, CachedOutputs]:
+    """Fit the exits' ensemble on the calibration outputs, put it in the network, and return
+    every cache as the ensembled network gives it (seconds: no pass over the data)."""
+    calib = caches["calib"]
+    ensemble = ensemble_for(calib.logits, calib.labels, config.model.ensemble, config.model.ensemble_final,
+                            seed=config.seed)
+    net.set_ensemble(ensemble)
+    accuracy = [f"{100 * float(a):.2f}" for a in caches["calib"].combined(ensemble).correct.float().mean(0)]
+    log(f"ensembled exits ({ensemble.kind}, final exit {'in' if ensemble.final else 'the backbone alone'}): "
+        f"calibration accuracy {' / '.join(accuracy)} % (in sample)")
+    return {key: cache.combined(ensemble) for key, cache in caches.items()}
 
 
 def gates_stage(net: ExitNet, caches: dict[str, CachedOutputs], config: RunConfig,

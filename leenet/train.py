@@ -188,49 +188,57 @@ def train_heads(
     checkpoint: EpochCheckpoint | None = None,
     procs: Processes | None = None,
     log: Callable[[str], None] | None = None,
+    distill: float = 0.0,
+    temperature: float = 3.0,
 ) -> list[float]:
     """Train every exit head in one pass with the backbone frozen.
 
     The stages get ``requires_grad_(False)`` and stay in eval mode (BatchNorm statistics are
-    not touched); one AdamW optimizer with a cosine schedule serves all heads. With several
-    processes (``procs``) only the heads are wrapped in DistributedDataParallel: the frozen
-    stages run under ``no_grad`` outside it. ``checkpoint`` and ``log`` as in
-    :func:`train_classifier`.
+    not touched); one AdamW optimizer with a cosine schedule serves all heads (and the
+    network's cascade links, if it has any). With several processes (``procs``) only the
+    heads are wrapped in DistributedDataParallel: the frozen stages run under ``no_grad``
+    outside it. ``checkpoint`` and ``log`` as in :func:`train_classifier`.
+
+    Each head's loss is ``(1 - distill) * CE(head, labels) + distill * T^2 * KL(backbone_T || head_T)``
+    (self-distillation: the backbone's own logits softened by ``temperature`` T, computed in
+    the same frozen pass; ``distill`` 0 = labels only).
 
     Returns:
         Mean summed head loss of each epoch.
     """
+    if not 0 <= distill <= 1 or not temperature > 0:  # also NaN
+        raise LeenetError(f"distillation needs a weight in [0, 1] and a temperature > 0, got {distill} and {temperature}")
     for stage in net.stages:
         freeze_(stage)
-    params = [p for head in net.heads for p in head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    heads = _HeadLosses(net.heads, net.cascade, distill, temperature)
+    optimizer = torch.optim.AdamW(list(heads.parameters()), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
-    heads = _HeadLosses(net.heads)
     history, first = _restore(checkpoint, heads, optimizer, schedule)
     procs = procs or Processes()
     trained = _parallel(heads, procs)
     lines = EpochLines("heads", epochs, progress, log, start=first)
-    net.heads.train()
+    heads.train()
     for epoch in range(first, epochs):
         lines.epoch_start()
         bar = progress_bar(batches(), steps_per_epoch, f"heads epoch {epoch + 1}/{epochs}", progress)
-        total, count, seen, *hits = sum_over_ranks(_heads_epoch(net, trained, bar, optimizer, schedule, device), procs)
+        epoch_sums = _heads_epoch(net, trained, bar, optimizer, schedule, device, teacher=distill > 0)
+        total, count, seen, *hits = sum_over_ranks(epoch_sums, procs)
         history.append(total / max(count, 1))
         _save(checkpoint, epoch, history, heads, optimizer, schedule)
         lines.done(epoch, history[-1], " / ".join(f"{h / max(seen, 1):.3f}" for h in hits) + " (training batches)")
-    sync_from_main(net.heads, procs)
-    net.heads.eval()
+    sync_from_main(heads, procs)
+    heads.eval()
     return history
 
 
 def _heads_epoch(net: ExitNet, heads: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], optimizer, schedule,
-                 device: torch.device | str) -> list[float]:
+                 device: torch.device | str, teacher: bool = False) -> list[float]:
     """One pass of head steps; returns the loss sum, the steps, the samples seen and each
     head's right answers."""
     total, count, hits, seen = 0.0, 0, torch.zeros(len(net.heads)), 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, right = heads(_frozen_features(net, x), y)
+        loss, right = heads(*_frozen_features(net, x, teacher=teacher), y)
         _check_loss(loss, "head")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -241,28 +249,45 @@ def _heads_epoch(net: ExitNet, heads: nn.Module, batches: Iterable[tuple[Tensor,
     return [total, count, seen, *hits.tolist()]
 
 
-def _frozen_features(net: ExitNet, x: Tensor) -> list[Tensor]:
-    """The input of every early head: the frozen stages' outputs, computed without autograd."""
+def _frozen_features(net: ExitNet, x: Tensor, teacher: bool = False) -> tuple[list[Tensor], Tensor | None]:
+    """The input of every early head, the frozen stages' outputs, and with ``teacher`` the
+    backbone's logits too (the rest of the stages), all computed without autograd."""
     features, h = [], x
     with torch.no_grad():
         for i in range(len(net.heads)):
             h = net.stages[i](h)
             features.append(h)
-    return features
+        if teacher:
+            for stage in net.stages[len(net.heads):]:
+                h = stage(h)
+    return features, (h.float() if teacher else None)
 
 
 class _HeadLosses(nn.Module):
-    """The early heads as one module (what DistributedDataParallel wraps): the sum of their
-    cross-entropies and each head's count of right answers (E-1,)."""
+    """The early heads (and cascade links) as one module, what DistributedDataParallel wraps:
+    the sum of the heads' losses and each head's count of right answers (E-1,)."""
 
-    def __init__(self, heads: nn.ModuleList) -> None:
+    def __init__(self, heads: nn.ModuleList, cascade: nn.Module | None = None, distill: float = 0.0,
+                 temperature: float = 3.0) -> None:
         super().__init__()
         self.heads = heads
+        self.cascade = cascade
+        self.distill, self.temperature = float(distill), float(temperature)
 
-    def forward(self, features: list[Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
-        loss, right = y.new_zeros((), dtype=torch.float32), []
-        for head, h in zip(self.heads, features):
-            logits = head(h)
-            loss = loss + F.cross_entropy(logits, y)
+    def forward(self, features: list[Tensor], teacher: Tensor | None, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss, right, logits = y.new_zeros((), dtype=torch.float32), [], None
+        soft = None if teacher is None else (teacher / self.temperature).log_softmax(-1)
+        for i, (head, h) in enumerate(zip(self.heads, features)):
+            logits = head(h) if self.cascade is None else self.cascade(i, head(h), logits)
+            loss = loss + self.head_loss(logits, y, soft)
             right.append((logits.detach().argmax(-1) == y).sum())
         return loss, torch.stack(right).float() if right else torch.zeros(0)
+
+    def head_loss(self, logits: Tensor, y: Tensor, soft: Tensor | None) -> Tensor:
+        """Cross-entropy with the labels, mixed with the KL divergence from the softened backbone."""
+        hard = F.cross_entropy(logits, y)
+        if soft is None or self.distill == 0:
+            return hard
+        t = self.temperature
+        kl = F.kl_div((logits.float() / t).log_softmax(-1), soft, log_target=True, reduction="batchmean")
+        return (1 - self.distill) * hard + self.distill * t * t * kl

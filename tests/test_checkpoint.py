@@ -9,6 +9,7 @@ import torch
 
 from leenet import (
     CheckpointError,
+    ExitEnsemble,
     GateConfig,
     attach_exits,
     build_backbone,
@@ -37,7 +38,7 @@ def test_round_trip_routes_the_same(tmp_path: Path, tiny_input: torch.Tensor) ->
     logits, exits = net(tiny_input)
     logits2, exits2 = again(tiny_input)
     assert torch.equal(exits, exits2) and torch.allclose(logits, logits2)
-    assert read_checkpoint(path)["version"] == 3
+    assert read_checkpoint(path)["version"] == 4
 
 
 def test_version_1_files_are_migrated(tmp_path: Path, tiny_input: torch.Tensor) -> None:
@@ -105,3 +106,48 @@ def test_version_2_files_are_migrated(tmp_path: Path, tiny_input: torch.Tensor) 
     assert read_checkpoint(tmp_path / "v2.pt")["spec"]["layouts"] is None
     old = load_checkpoint(tmp_path / "v2.pt", backbone=make_tiny_cnn())
     assert torch.equal(old(tiny_input)[1], net(tiny_input)[1])
+
+
+def test_version_3_files_are_migrated(tmp_path: Path, tiny_input: torch.Tensor) -> None:
+    """Version 3 files predate cascades and ensembles: they load as plain heads, no ensemble."""
+    path, net = _saved(tmp_path, tiny_input)
+    payload = torch.load(path, weights_only=True)
+    payload["version"] = 3
+    del payload["spec"]["cascade"], payload["spec"]["ensemble"]
+    torch.save(payload, tmp_path / "v3.pt")
+    spec = read_checkpoint(tmp_path / "v3.pt")["spec"]
+    assert spec["cascade"] == "off" and spec["ensemble"] is None
+    old = load_checkpoint(tmp_path / "v3.pt", backbone=make_tiny_cnn())
+    assert old.cascade is None and old.ensemble is None
+    assert torch.equal(old(tiny_input)[1], net(tiny_input)[1])
+
+
+def test_cascade_and_ensemble_round_trip(tmp_path: Path, tiny_input: torch.Tensor) -> None:
+    net = attach_exits(explicit_stages(make_tiny_cnn()), input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES,
+                       gate_config=GateConfig(hidden=8), cascade="grad")
+    gen = torch.Generator().manual_seed(3)
+    for link in net.cascade.links:
+        link.weight.data = torch.randn(link.weight.shape, generator=gen)
+    ensemble = ExitEnsemble(net.num_exits, NUM_CLASSES, "linear", final=True)
+    ensemble.weight.copy_((torch.randn(ensemble.weight.shape, generator=gen) * 0.3 + torch.eye(net.num_exits)).tril())
+    ensemble.bias.copy_(torch.randn(ensemble.bias.shape, generator=gen) * 0.3)
+    net.set_ensemble(ensemble)
+    mix_exits_(net.eval(), tiny_input, 0.5)  # (eval first: mixing on batch statistics would not hold after)
+    path = save_checkpoint(tmp_path / "model.pt", net, {"arch": None})
+    again = load_checkpoint(path, backbone=explicit_stages(make_tiny_cnn(seed=5)))
+    assert again.cascade.kind == "grad" and again.ensemble.kind == "linear" and again.ensemble.final
+    (logits, exits), (logits2, exits2) = net(tiny_input), again(tiny_input)
+    assert torch.equal(exits, exits2) and torch.allclose(logits, logits2)
+    assert len(set(exits.tolist())) > 1
+
+
+def test_unreadable_cascade_or_ensemble_settings_are_refused(tmp_path: Path, tiny_input: torch.Tensor) -> None:
+    path, _ = _saved(tmp_path, tiny_input)
+    for key, value in (("cascade", "sideways"), ("ensemble", {"kind": "median", "final": True}),
+                       ("ensemble", "geometric")):
+        payload = torch.load(path, weights_only=True)
+        payload["spec"][key] = value
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="cascade or ensemble") as info:
+            load_checkpoint(tmp_path / "bad.pt", backbone=make_tiny_cnn())
+        assert "\n" not in str(info.value)

@@ -49,7 +49,30 @@ def test_results_schema(digits_run: Path) -> None:
     assert "multiply-adds" in results["flops_convention"]
     # the settings the run resolved where it used a dataset default (FAST sets 12 epochs and 5 head epochs)
     assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False}
-    assert results["heads"] == {"kind": "flatten", "epochs": 5, "lr": 2e-3}
+    assert results["heads"] == {"kind": "flatten", "epochs": 5, "lr": 2e-3, "distill": 0.0, "distill_temperature": 3.0,
+                                "cascade": "off", "ensemble": "off"}  # no ensemble_final: None is left out
+
+
+def test_better_exits_run_end_to_end(tmp_path: Path) -> None:
+    """Distilled, cascaded heads with an ensemble over every exit: routed inference, the saved
+    model and its reload all follow the combination."""
+    out = tmp_path / "linked"
+    assert main(["run", "--out", str(out), *FAST, "--distill", "0.5", "--cascade", "detach",
+                 "--ensemble", "geometric", "--ensemble-final"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["heads"]["cascade"] == "detach" and results["heads"]["ensemble"] == "geometric"
+    assert results["heads"]["distill"] == 0.5 and results["heads"]["ensemble_final"] is True
+    assert results["routed_check"]["matches_simulation"] is True
+    net = load_checkpoint(out / "model.pt")
+    assert net.cascade is not None and net.ensemble is not None and net.ensemble.final
+    assert bool((net.ensemble.weight.tril(-1) != 0).any())  # exits do read earlier heads
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        logits, exits = net(x)
+        every = net.forward_all(x)
+    assert torch.allclose(logits, every.logits[torch.arange(16), exits], atol=1e-5)
+    costs = [e["cost"] for e in results["exits"]]
+    assert costs[-1] > 1.0  # the final exit's ensemble reads every head: they are paid for
 
 
 def test_routed_inference_matches_the_simulated_policy(digits_run: Path) -> None:
@@ -130,6 +153,9 @@ BAD_INPUTS = [
     (["--seed", str(2**32)], "--seed"),
     (["--lr", "1e300"], "--lr"),
     (["--gate-hidden", "100000000"], "--gate-hidden"),
+    (["--distill", "1.5"], "--distill"),
+    (["--distill", "nan"], "--distill"),
+    (["--distill", "0.5", "--distill-temperature", "0"], "--distill-temperature"),
     (["--image-size", "0"], "--image-size"),
     (["--epochs", "0"], "needs --weights"),  # would keep an untrained backbone
     (["--data-dir", "/tmp"], "would be ignored"),  # digits reads no files

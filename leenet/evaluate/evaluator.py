@@ -61,21 +61,25 @@ class Evaluator:
             never needs: a disabled LEENet gate and its head (unless a later gate reads it),
             every head when thresholds never fire, the heads before a single exit. None: every
             policy pays for every head and gate on its way.
+        linked, final_heads: whether exits read the heads before them, and whether the final
+            exit reads every head (a cascade or an ensemble; see :class:`~leenet.nn.cost.CostModel`).
     """
 
     def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor,
-                 head_cost: Tensor | None = None, gate_cost: Tensor | None = None) -> None:
+                 head_cost: Tensor | None = None, gate_cost: Tensor | None = None, *,
+                 linked: bool = False, final_heads: bool = False) -> None:
         self.calib, self.test = calib, test
         cost = cost.detach().float().cpu()
         zeros = torch.zeros(len(cost) - 1)
         parts = (zeros if c is None else c.detach().float().cpu() for c in (head_cost, gate_cost))
-        self.costs = CostModel(cost, *parts)
+        self.costs = CostModel(cost, *parts, linked=linked, final_heads=final_heads)
         self._correct = (calib.correct, test.correct)
 
     @classmethod
     def of(cls, net: nn.Module, calib: CachedOutputs, test: CachedOutputs) -> Evaluator:
         """An evaluator with an :class:`~leenet.model.ExitNet`'s costs."""
-        return cls(calib, test, net.cost, net.head_cost, net.gate_cost)
+        return cls(calib, test, net.cost, net.head_cost, net.gate_cost, linked=net.linked,
+                   final_heads=net.final_reads_heads)
 
     @property
     def cost(self) -> Tensor:

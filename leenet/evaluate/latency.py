@@ -137,9 +137,10 @@ def _now(device: torch.device) -> float:
 
 def _walk(net: ExitNet, x: Tensor, device: torch.device, *, exits: bool) -> dict[str, float]:
     """One pass in routing order, nobody leaving: seconds of each stage (``stage{i}``), and
-    with ``exits`` of each head and gate too (the stages then ``stage{i}+exits``)."""
+    with ``exits`` of each head and gate too (the stages then ``stage{i}+exits``). A head's time
+    includes its cascade link and its exit's ensemble, as routing runs them."""
     out: dict[str, float] = {}
-    h, prev = x, None
+    h, prev, raw = x, None, None
     for i, stage in enumerate(net.stages):
         start = _now(device)
         h = stage(h)
@@ -147,7 +148,7 @@ def _walk(net: ExitNet, x: Tensor, device: torch.device, *, exits: bool) -> dict
         if i == net.num_exits - 1 or not exits:
             continue
         start = _now(device)
-        logits = net.heads[i](h)
+        logits, raw = net.exit_output(i, h, raw)
         out[f"head{i}"] = _now(device) - start
         start = _now(device)
         prev = logits.new_empty(logits.shape[0], 0, logits.shape[-1]) if prev is None else prev

@@ -3,6 +3,11 @@
 A routed network cannot be one graph (a graph decides for the whole batch), so stage ``i``
 becomes a graph ``x [, prev_logits] → features, logits, exit_prob`` and the runtime
 (:class:`leenet_runtime.ExitRunner`) compacts the batch between graphs.
+
+When an exit reads the heads before it (a cascade or an ensemble, :mod:`leenet.nn.combine`) the
+graph of exit ``i > 0`` also takes the earlier heads' own logits ``raw_logits`` (B, i, K) and,
+with an ensemble, gives its head's own ``head_logits`` (B, K) beside the exit's combined
+``logits``; the final graph takes ``raw_logits`` (B, E-1, K) when the ensemble covers it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch.onnx import symbolic_helper
 
 from leenet.errors import LeenetError, brief
 from leenet.export.metadata import default_preprocessing, load_run
-from leenet.nn.cost import heads_needed
+from leenet.nn.cost import needed_heads
 from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
 from leenet.version import __version__
@@ -28,11 +33,13 @@ from leenet_runtime.manifest import (
     EXIT_PROB,
     FEATURES,
     FORMAT,
+    HEAD_LOGITS,
     INPUT,
+    LINKED_VERSION,
     LOGITS,
     MANIFEST_NAME,
     PREV_LOGITS,
-    VERSION,
+    RAW_LOGITS,
     ExitEntry,
     ExportError,
     Manifest,
@@ -57,16 +64,24 @@ class StageGraph(nn.Module):
 
     def __init__(self, net: ExitNet, index: int, *, head: bool, gate: bool) -> None:
         super().__init__()
+        self.index = index
         self.stage = net.stages[index]
         self.head = net.heads[index] if head else None
         self.gate = net.gates[index] if gate else None
         self.gate_config = net.gate_config
         self.reads_history = gate and net.gate_config.history and index > 0
         self.last = index == net.num_exits - 1
+        # linked exits (leenet.nn.combine): a cascade link from the previous head, an ensemble of the heads so far
+        runs_head = net.final_reads_heads if self.last else head
+        self.cascade = net.cascade if head and index > 0 else None
+        self.ensemble = net.ensemble if runs_head else None
+        self.reads_raw = net.linked and index > 0 and runs_head
+        self.gives_raw = not self.last and self.ensemble is not None  # else the exit's logits are the head's
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return (INPUT, PREV_LOGITS) if self.reads_history else (INPUT,)
+        names = (INPUT, PREV_LOGITS) if self.reads_history else (INPUT,)
+        return (*names, RAW_LOGITS) if self.reads_raw else names
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -74,23 +89,38 @@ class StageGraph(nn.Module):
             return (LOGITS,)
         if self.head is None:
             return (FEATURES,)
-        return (FEATURES, LOGITS, EXIT_PROB) if self.gate is not None else (FEATURES, LOGITS)
+        names = (FEATURES, LOGITS, EXIT_PROB) if self.gate is not None else (FEATURES, LOGITS)
+        return (*names, HEAD_LOGITS) if self.gives_raw else names
 
-    def forward(self, x: Tensor, prev_logits: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
-        """x (B, ...) [, prev_logits (B, i, K)] → features [, logits (B, K) [, exit_prob (B,)]].
+    def forward(self, x: Tensor, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """x (B, ...) [, prev_logits (B, i, K)] [, raw_logits (B, i, K)] → features [, logits (B, K)
+        [, exit_prob (B,)] [, head_logits (B, K)]], as named by :attr:`input_names` and :attr:`output_names`.
 
-        The last stage returns the backbone's logits (B, K) only.
+        The last stage returns the final exit's logits (B, K) only: the backbone's, or with an
+        ensemble over the final exit, combined with ``raw_logits`` (B, E-1, K).
         """
+        feeds = dict(zip(self.input_names[1:], inputs))
+        raw = feeds.get(RAW_LOGITS)
         h = self.stage(x)
+        if self.last:
+            if self.ensemble is None:
+                return h
+            return self.ensemble.exit(self.index, torch.cat([raw, h[:, None]], dim=1))
         if self.head is None:
             return h
-        logits = self.head(h)
-        if self.gate is None:
-            return h, logits
-        prev = prev_logits if self.reads_history else logits[:, None, :][:, :0]  # (B, 0, K): unused
-        pooled = self.head.pool(h) if self.gate_config.pooled else None
-        inputs = gate_features(logits, prev, pooled, self.gate_config)
-        return h, logits, torch.sigmoid(self.gate.logit(inputs))
+        own = self.head(h)
+        if self.cascade is not None:
+            own = self.cascade(self.index, own, raw[:, -1])
+        logits = own
+        if self.ensemble is not None:
+            logits = self.ensemble.exit(self.index, own[:, None] if raw is None else torch.cat([raw, own[:, None]], dim=1))
+        outs = (h, logits)
+        if self.gate is not None:
+            prev = feeds[PREV_LOGITS] if self.reads_history else logits[:, None, :][:, :0]  # (B, 0, K): unused
+            pooled = self.head.pool(h) if self.gate_config.pooled else None
+            inputs = gate_features(logits, prev, pooled, self.gate_config)
+            outs = (*outs, torch.sigmoid(self.gate.logit(inputs)))
+        return (*outs, own) if self.gives_raw else outs
 
 
 def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
@@ -138,11 +168,12 @@ def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int
         for path in out.glob("stage*.onnx"):  # no half export left behind to block the next one
             path.unlink()
         raise
-    manifest = Manifest(
-        format=FORMAT, version=VERSION, leenet_version=__version__, opset=opset,
+    manifest = Manifest(  # version 1, which every runtime reads, unless the exits are linked
+        format=FORMAT, version=LINKED_VERSION if net.linked else 1, leenet_version=__version__, opset=opset,
         input_shape=_shape(net), dtype="float32", preprocessing=prep, class_names=tuple(names),
         threshold=float(net.threshold), gate_history=bool(net.gate_config.history),
         backbone_flops=int(net.backbone_flops), exits=tuple(exits), files={},
+        linked=net.linked, final_heads=net.final_reads_heads,
     )
     return write_manifest(out, manifest)
 
@@ -181,9 +212,8 @@ def _prepare_dir(out: Path) -> Path:
 
 
 def _stage_graphs(net: ExitNet) -> list[StageGraph]:
-    enabled = net.enabled_exits().cpu()
-    needed = heads_needed(enabled, net.gate_config.history).tolist()
-    enabled = enabled.tolist()
+    enabled = net.enabled_exits().cpu().tolist()
+    needed = needed_heads(enabled, net.gate_config.history or net.linked, net.final_reads_heads)
     last = net.num_exits - 1
     return [StageGraph(net, i, head=i < last and needed[i], gate=i < last and enabled[i])
             for i in range(net.num_exits)]
@@ -195,9 +225,10 @@ def _export_graphs(net: ExitNet, graphs: list[StageGraph], example: Tensor, out:
     """Export each stage graph, check it against torch on ``example``, and describe it."""
     costs = net.routed_cost().tolist()
     entries, x = [], example
-    prev = None
+    prev = raw = None  # the earlier exits' logits (gate history), the earlier heads' own (linked exits)
     for i, graph in enumerate(graphs):
-        args = (x, prev) if graph.reads_history else (x,)
+        known = {INPUT: x, PREV_LOGITS: prev, RAW_LOGITS: raw}
+        args = tuple(known[name] for name in graph.input_names)
         expected = graph(*args)
         expected = expected if isinstance(expected, tuple) else (expected,)
         file = f"stage{i}.onnx"
@@ -209,6 +240,8 @@ def _export_graphs(net: ExitNet, graphs: list[StageGraph], example: Tensor, out:
         if LOGITS in outs and not graph.last:
             logits = outs[LOGITS][:, None]  # (B, 1, K)
             prev = logits if prev is None else torch.cat([prev, logits], dim=1)
+            own = outs.get(HEAD_LOGITS, outs[LOGITS])[:, None]
+            raw = own if raw is None else torch.cat([raw, own], dim=1)
         entries.append(ExitEntry(
             name=net.exit_names[i], cost=float(costs[i]), enabled=graph.last or graph.gate is not None,
             head=graph.last or graph.head is not None, graph=file,

@@ -28,6 +28,7 @@ def attach_exits(
     gate_config: GateConfig | None = None,
     threshold: float = 0.5,
     layout: FeatureLayout | str | Sequence[FeatureLayout | str] | None = None,
+    cascade: str = "off",
 ) -> ExitNet:
     """Cut ``backbone`` at ``exit_points`` and attach a head and a gate after each cut.
 
@@ -46,6 +47,8 @@ def attach_exits(
             ``"tokens"``, a :class:`~leenet.nn.heads.FeatureLayout`, or one per exit); None
             detects it: Swin's maps are channels-last, a ViT's tokens start with its class
             token (timm's ``num_prefix_tokens``), see :meth:`ExitNet.from_stages`.
+        cascade: "off", "detach" or "grad": each head also reads the previous head's logits
+            through a C x C link, counted in its FLOPs (see :class:`leenet.nn.combine.Cascade`).
 
     Returns:
         An ExitNet on the backbone's device with ``cost`` filled in; heads and gates untrained.
@@ -79,7 +82,7 @@ def attach_exits(
     example = torch.zeros(1, *shape, device=device)
     net = ExitNet.from_stages(
         stages, num_classes=num_classes, example_input=example, head=head,
-        gate_config=gate_config, exit_names=names, threshold=threshold, layout=layout,
+        gate_config=gate_config, exit_names=names, threshold=threshold, layout=layout, cascade=cascade,
     ).to(device)
     net.backbone_arch = getattr(backbone, BUILD_ATTRIBUTE, None)
     costs = exit_costs(net, example)

@@ -8,6 +8,7 @@ ViT-B/16 at 64 px would read 1.94 instead of 2.92 GFLOPs).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,37 +61,48 @@ class ExitCosts:
         return torch.tensor(self.gate_flops, dtype=torch.float64) / self.backbone_flops
 
 
-def heads_needed(enabled: Tensor, history: bool) -> Tensor:
+def heads_needed(enabled: Tensor, chained: bool, final: bool = False) -> Tensor:
     """Which early heads a routed network must run, given which gates can fire.
 
     Args:
         enabled: (..., E-1) bool, whether each early exit's gate can ever let a sample go.
-        history: whether gates read earlier exits' logits (then a head also runs for the
-            sake of any enabled gate after it).
+        chained: whether an exit reads the heads before it (gate history, a cascade or an
+            ensemble): then a head also runs for the sake of any enabled gate after it.
+        final: whether the final exit reads every early head (an ensemble over it).
 
     Returns:
-        (..., E-1) bool.
+        (..., E-1) bool. :func:`needed_heads` is the same rule on host lists.
     """
-    if not history or enabled.shape[-1] == 0:
+    if final:
+        return torch.ones_like(enabled)
+    if not chained or enabled.shape[-1] == 0:
         return enabled
     return enabled.flip(-1).int().cummax(-1).values.flip(-1).bool()  # any enabled at or after i
 
 
-def routed_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor, enabled: Tensor, history: bool) -> Tensor:
+def needed_heads(enabled: list[bool], chained: bool, final: bool = False) -> list[bool]:
+    """:func:`heads_needed` for one gate set on host lists (routing reads it once per batch)."""
+    if final:
+        return [True] * len(enabled)
+    return [any(enabled[i:]) for i in range(len(enabled))] if chained else list(enabled)
+
+
+def routed_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor, enabled: Tensor, chained: bool,
+                 final: bool = False) -> Tensor:
     """Relative cost of each exit when disabled gates and the heads no gate needs are skipped.
 
     Args:
         cost: (E,) relative cost of each exit with every head and gate run (``ExitNet.cost``).
         head_cost, gate_cost: (E-1,) relative cost of each early exit's head and gate.
         enabled: (..., E-1) bool, whether each gate can fire (a batch of gate sets is fine).
-        history: whether gates read earlier exits' logits (see :func:`heads_needed`).
+        chained, final: which heads later exits read (see :func:`heads_needed`).
 
     Returns:
         (..., E): ``cost`` less what is skipped on the way to each exit. With every gate
-        disabled the final exit costs exactly the backbone (1.0).
+        disabled the final exit costs exactly the backbone (1.0), unless it reads the heads.
     """
     dtype = cost.dtype
-    skipped = (head_cost.to(dtype) * (~heads_needed(enabled, history)).to(dtype)
+    skipped = (head_cost.to(dtype) * (~heads_needed(enabled, chained, final)).to(dtype)
                + gate_cost.to(dtype) * (~enabled).to(dtype))  # (..., E-1)
     saved = F.pad(torch.cumsum(skipped, dim=-1), (0, 1))  # (..., E); the final exit ...
     saved[..., -1] = skipped.sum(-1)  # ... skips every unneeded head
@@ -112,32 +124,47 @@ class CostModel:
         cost: (E,) each exit with every head and gate run (``ExitNet.cost``).
         head_cost, gate_cost: (E-1,) each early head and gate.
         history: whether the gates read earlier exits' logits (see :func:`heads_needed`).
+        linked: whether each exit's output reads the heads before it (a cascade or an ensemble).
+        final_heads: whether the final exit reads every early head (an ensemble over it).
     """
 
     cost: Tensor
     head_cost: Tensor
     gate_cost: Tensor
     history: bool = False
+    linked: bool = False
+    final_heads: bool = False
 
     @classmethod
     def of(cls, net: nn.Module) -> CostModel:
         cpu = [t.detach().float().cpu() for t in (net.cost, net.head_cost, net.gate_cost)]
-        return cls(*cpu, net.gate_config.history)
+        return cls(*cpu, net.gate_config.history, net.linked, net.final_reads_heads)
 
     def clone(self) -> CostModel:
         """A copy that does not share the network's buffers."""
-        return CostModel(self.cost.clone(), self.head_cost.clone(), self.gate_cost.clone(), self.history)
+        return dataclasses.replace(self, cost=self.cost.clone(), head_cost=self.head_cost.clone(),
+                                   gate_cost=self.gate_cost.clone())
 
     def to_dict(self) -> dict:
         return {"cost": self.cost.tolist(), "head_cost": self.head_cost.tolist(), "gate_cost": self.gate_cost.tolist()}
 
     def routed(self, enabled: Tensor) -> Tensor:
         """(..., E-1) bool enabled gates → (..., E) exit costs, what is not needed skipped."""
-        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history)
+        return routed_costs(self.cost, self.head_cost, self.gate_cost, enabled, self.history or self.linked,
+                            self.final_heads)
 
     def single_exits(self) -> Tensor:
-        """(E,) cost of the network cut at each exit (:func:`single_exit_costs`)."""
-        return single_exit_costs(self.cost, self.head_cost, self.gate_cost)
+        """(E,) cost of the network cut at each exit (:func:`single_exit_costs`). With linked
+        exits the cut network still runs every head before its exit (no gate), and the final
+        exit every head when it reads them."""
+        if not self.linked:
+            return single_exit_costs(self.cost, self.head_cost, self.gate_cost)
+        gates = F.pad(torch.cumsum(self.gate_cost.to(self.cost.dtype), 0), (0, 1))  # up to and with each exit's own
+        gates[-1] = self.gate_cost.sum()
+        out = self.cost - gates
+        if not self.final_heads:
+            out[-1] = out[-1] - self.head_cost.sum()
+        return out
 
 
 @contextlib.contextmanager
@@ -179,7 +206,9 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
             stage_flops.append(flops)
             if i == net.num_exits - 1:
                 break
-            head_flops, logits = count_flops(net.heads[i], h)
+            # a cascade link is part of its head: counted with it
+            last = prev[:, -1] if i else None
+            head_flops, logits = count_flops(lambda t, i=i, last=last: net.head_logits(i, t, last), h)
             if prev is None:
                 prev = logits.new_empty(1, 0, logits.shape[-1])
             inputs = gate_features(logits, prev, net.heads[i].pool(h), net.gate_config)

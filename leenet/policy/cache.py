@@ -15,6 +15,7 @@ from torch import Tensor
 
 from leenet.config import GateConfig
 from leenet.errors import LeenetError
+from leenet.nn.combine import ExitEnsemble
 from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
 from leenet.progress import progress_bar
@@ -69,6 +70,11 @@ class CachedOutputs:
             gate_features(self.logits[:, i], self.logits[:, :i], self.pooled[i], config)
             for i in range(self.logits.shape[1] - 1)
         ]
+
+    def combined(self, ensemble: ExitEnsemble) -> CachedOutputs:
+        """These outputs as a network with ``ensemble`` gives them, from the heads' own logits here."""
+        with torch.no_grad():
+            return CachedOutputs(ensemble(self.logits), self.pooled, self.labels)
 
     def subset(self, index: Tensor) -> CachedOutputs:
         """The outputs of the samples at ``index`` (a fold of the split)."""

@@ -241,6 +241,10 @@ def _resolved(results: Results, config: Mapping[str, Any]) -> dict[str, tuple[An
         "train.lr": (lr or ("–" if trained else None), dataset if lr else unused),
         "train.precision": (precision or ("–" if trained else None), dataset if precision else unused),
         "train.head_epochs": (heads and heads.epochs, dataset),
+        "train.distill": (heads and heads.distill, dataset),
+        "model.cascade": (heads and heads.cascade, dataset),
+        "model.ensemble": (heads and heads.ensemble, dataset),
+        "model.ensemble_final": (heads and heads.ensemble_final, "(chosen on calibration, out of fold)"),
         "train.gates": (gates and gates.training, dataset),
     }
     if results.wall_clock is not None and (device := results.wall_clock.device):

@@ -135,6 +135,11 @@ class Heads:
     kind: str  # exit head kind, e.g. "flatten", "pool", "sdn"
     epochs: int | None = None
     lr: float | None = None
+    distill: float | None = None  # weight of the backbone's soft targets (None: a run older than this record)
+    distill_temperature: float | None = None
+    cascade: str | None = None  # "off", "detach" or "grad"
+    ensemble: str | None = None  # "off", "geometric" or "linear"
+    ensemble_final: bool | None = None  # whether the final exit is ensembled too (None: no ensemble)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ An export directory holds one ONNX graph per stage and ``manifest.json``::
      "exits": [{"name": "block1", "cost": 0.41, "enabled": true, "head": true,
                 "graph": "stage0.onnx", "inputs": ["x"], "outputs": ["features", "logits", "exit_prob"]}, ...],
      "files": {"stage0.onnx": "<sha256>", ...}}
+
+Version 2 is written for a network whose exits read the heads before them (a cascade or an
+ensemble, :mod:`leenet.nn.combine`) and adds ``"linked": true`` and ``"final_heads"``; its
+graphs also take the earlier heads' own logits (``"raw_logits"``) and, with an ensemble, give
+their head's own (``"head_logits"``). Every other export is still written as version 1, which
+means not linked, so runtimes that read only version 1 read it and refuse a linked one.
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT = "leenet.export"
-VERSION = 1
+VERSION = 2  # the newest schema; an export without linked exits is written as version 1
+READ_VERSIONS = (1, 2)
+LINKED_VERSION = 2  # the first version that can describe linked exits
 MANIFEST_NAME = "manifest.json"
 RESIZE_MODES = ("stretch", "shorter-side-crop")
 COLORS = ("L", "RGB")
 # Graph tensor names (an ONNX graph may not reuse an input name for an output).
-INPUT, PREV_LOGITS = "x", "prev_logits"
-FEATURES, LOGITS, EXIT_PROB = "features", "logits", "exit_prob"
+INPUT, PREV_LOGITS, RAW_LOGITS = "x", "prev_logits", "raw_logits"
+FEATURES, LOGITS, EXIT_PROB, HEAD_LOGITS = "features", "logits", "exit_prob", "head_logits"
+_LINK_KEYS = ("linked", "final_heads")  # manifest keys of version 2, absent from version 1
 
 
 class ExportError(RuntimeError):
@@ -82,10 +91,13 @@ class ExitEntry:
     name: str  # the exit's name (the last is the backbone's own classifier)
     cost: float  # relative FLOPs of leaving here in the routed network (1.0 = the plain backbone)
     enabled: bool  # whether the gate can let samples out here (always true for the final exit)
-    head: bool  # whether the graph computes this exit's logits (false: no enabled gate needs them)
+    head: bool  # whether the graph computes this exit's logits (false: no enabled gate or later exit needs them)
     graph: str  # ONNX file of the stage graph
-    inputs: tuple[str, ...]  # graph input names: "x" and, with gate history, "prev_logits"
-    outputs: tuple[str, ...]  # graph output names, a subset of ("features", "logits", "exit_prob")
+    inputs: tuple[str, ...]  # graph input names: "x", with gate history "prev_logits" (B, i, K), the earlier
+    # exits' logits, and with linked exits "raw_logits" (B, i, K), the earlier heads' own logits
+    outputs: tuple[str, ...]  # graph output names, in this order, a subset of ("features", "logits",
+    # "exit_prob", "head_logits"); "head_logits" (the head's own logits, before the ensemble) only
+    # when they differ from the exit's "logits"; the last graph gives "logits" only
 
 
 @dataclass(frozen=True)
@@ -105,15 +117,56 @@ class Manifest:
     backbone_flops: int  # FLOPs of the plain backbone for one image (cost * this = exit FLOPs)
     exits: tuple[ExitEntry, ...]
     files: dict[str, str]  # every other file of the directory → its sha256 (hex)
+    # version 2 (absent from version 1, which means False):
+    linked: bool = False  # an exit's logits read the heads before it (a cascade or an ensemble): the
+    # runtime keeps the heads' own logits and feeds them to the graphs that take "raw_logits"
+    final_heads: bool = False  # the final exit reads every early head (an ensemble over it)
 
     def __post_init__(self) -> None:
         made = (self.preprocessing.channels, *self.preprocessing.image_size)
         if made != tuple(self.input_shape):
             raise ExportError(f"the manifest's preprocessing makes {made} images but its graphs read "
                               f"input_shape {tuple(self.input_shape)}: export again")
+        if (self.linked or self.final_heads) and self.version < LINKED_VERSION:
+            raise ExportError(f"a version {self.version} manifest cannot describe linked exits: export again")
+        if self.final_heads and not self.linked:
+            raise ExportError("the manifest's final exit reads the heads but its exits are not linked: export again")
+        self._check_graphs()
+
+    def _check_graphs(self) -> None:
+        """Refuse exits whose graphs do not run, take and give what the routing rule says."""
+        early = self.exits[:-1]
+        want = needed_heads([e.enabled for e in early], self.gate_history or self.linked, self.final_heads)
+        if [e.head for e in early] != want:
+            raise ExportError(f"the manifest's exits run heads {[e.head for e in early]} but their gates need "
+                              f"{want}: the manifest is damaged; export again")
+        for i, entry in enumerate(self.exits):
+            last = i == len(self.exits) - 1
+            reads_raw = self.linked and i > 0 and (self.final_heads if last else entry.head)
+            if (RAW_LOGITS in entry.inputs) != reads_raw:
+                raise ExportError(f"the manifest's {entry.graph} {'lacks' if reads_raw else 'has'} input "
+                                  f"{RAW_LOGITS!r} for {'linked' if self.linked else 'unlinked'} exits: "
+                                  "the manifest is damaged; export again")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The JSON form; a version 1 manifest is written without the keys of version 2."""
+        value = dataclasses.asdict(self)
+        if self.version < LINKED_VERSION:
+            for key in _LINK_KEYS:
+                del value[key]
+        return value
+
+
+def needed_heads(enabled: list[bool], chained: bool, final: bool = False) -> list[bool]:
+    """Which early heads a routed network runs, from which gates can fire (``enabled``, E-1 bools).
+
+    The rule of ``leenet.nn.cost.needed_heads``: with ``chained`` exits (gate history, a cascade
+    or an ensemble) a head also runs for any enabled gate after it; with ``final`` (the final
+    exit reads every early head) every head runs.
+    """
+    if final:
+        return [True] * len(enabled)
+    return [any(enabled[i:]) for i in range(len(enabled))] if chained else list(enabled)
 
 
 def sha256_of(path: Path) -> str:
@@ -159,9 +212,13 @@ def read_manifest(export_dir: str | Path, *, verify: bool = True) -> Manifest:
         raise ExportError(f"{path} is not readable JSON ({' '.join(str(exc).split())}): {fix}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ExportError(f"{path} is not a LEENet export manifest (format {FORMAT!r}): {fix}")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READ_VERSIONS:
         raise ExportError(f"{path} has manifest version {raw.get('version')!r}, this runtime reads "
-                          f"version {VERSION}: use the matching leenet-runtime or {fix}")
+                          f"versions {', '.join(map(str, READ_VERSIONS))}: use the matching leenet-runtime or {fix}")
+    missing = [key for key in _LINK_KEYS if raw["version"] >= LINKED_VERSION and key not in raw]
+    if missing:
+        raise ExportError(f"manifest lacks {', '.join(missing)}: the manifest is damaged or from another "
+                          "release; export again")
     manifest = _convert(Manifest, raw, "manifest")
     if verify:
         verify_files(export_dir, manifest)
@@ -189,7 +246,8 @@ def _convert(kind, value, where: str):
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)
         hints = typing.get_type_hints(kind)
-        names = [f.name for f in dataclasses.fields(kind)]
+        fields = dataclasses.fields(kind)
+        names = [f.name for f in fields if f.name in value or f.default is dataclasses.MISSING]
         missing = [n for n in names if n not in value]
         if missing:
             raise ExportError(f"{where} lacks {', '.join(missing)}: the manifest is damaged or from "

@@ -8,7 +8,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from leenet_runtime.manifest import EXIT_PROB, FEATURES, INPUT, LOGITS, PREV_LOGITS, ExportError, Manifest, read_manifest
+from leenet_runtime.manifest import (
+    EXIT_PROB,
+    FEATURES,
+    HEAD_LOGITS,
+    INPUT,
+    LOGITS,
+    PREV_LOGITS,
+    RAW_LOGITS,
+    ExportError,
+    Manifest,
+    read_manifest,
+)
 
 
 def default_providers() -> list[str]:
@@ -24,6 +35,10 @@ class ExitRunner:
     reaches the threshold are written into the output and dropped from the batch, and the
     next stage graph runs on the rest. Decisions are torch's, in float32, except for a gate
     probability within float rounding (about 1e-7) of the threshold.
+
+    With linked exits (a cascade or an ensemble, ``manifest.linked``) the router also keeps
+    the heads' own logits, compacted like the batch, and feeds them to the graphs that read
+    them (``raw_logits``): each later head's cascade link and each exit's ensemble.
 
     Args:
         export_dir: a directory written by ``leenet.export.export_onnx``.
@@ -55,6 +70,7 @@ class ExitRunner:
         self.threshold = np.float32(self.manifest.threshold)  # compared in float32, as torch does
         self.costs = np.array([e.cost for e in self.manifest.exits])
         self._outputs = [list(e.outputs) for e in self.manifest.exits]
+        self._linked = self.manifest.linked
 
     @property
     def exit_names(self) -> list[str]:
@@ -92,11 +108,14 @@ class ExitRunner:
         active = np.arange(n)  # rows of the batch still running
         out: np.ndarray | None = None
         prev: np.ndarray | None = None  # (N_active, i, K) earlier exits' logits, for gate history
+        raw: np.ndarray | None = None  # (N_active, i, K) earlier heads' own logits, for linked exits
         h = np.ascontiguousarray(batch)
         for i, (entry, session) in enumerate(zip(self.manifest.exits, self.sessions)):
             feeds = {INPUT: h}
             if PREV_LOGITS in entry.inputs:
                 feeds[PREV_LOGITS] = prev
+            if RAW_LOGITS in entry.inputs:
+                feeds[RAW_LOGITS] = raw
             outputs = dict(zip(entry.outputs, session.run(list(entry.outputs), feeds)))
             if i == last:
                 if out is None or active.size == n:  # nobody left early: the final logits are the output
@@ -110,12 +129,16 @@ class ExitRunner:
             if out is None:
                 out = np.empty((n, logits.shape[-1]), logits.dtype)
                 prev = np.empty((n, 0, logits.shape[-1]), logits.dtype)
+            if self._linked:  # the head's own logits: the exit's, unless an ensemble combined them
+                head = outputs.get(HEAD_LOGITS, logits)
+                raw = head[:, None] if raw is None else np.concatenate([raw, head[:, None]], axis=1)
             if entry.enabled:
                 leave = outputs[EXIT_PROB] >= self.threshold  # (N_active,)
                 out[active[leave]] = logits[leave]
                 exit_index[active[leave]] = i
                 stay = ~leave
                 active, h, logits, prev = active[stay], h[stay], logits[stay], prev[stay]
+                raw = None if raw is None else raw[stay]
             if self.manifest.gate_history:
                 prev = np.concatenate([prev, logits[:, None]], axis=1)
             if active.size == 0:  # nothing left to run
@@ -124,16 +147,21 @@ class ExitRunner:
 
     def _route_one(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One image: a yes/no per exit and nothing to compact (the batch-1 path)."""
-        last, prev = len(self.sessions) - 1, None
+        last, prev, raw = len(self.sessions) - 1, None, None
         for i, (entry, session, names) in enumerate(zip(self.manifest.exits, self.sessions, self._outputs)):
             feeds = {INPUT: h} if PREV_LOGITS not in entry.inputs else {INPUT: h, PREV_LOGITS: prev}
+            if RAW_LOGITS in entry.inputs:
+                feeds[RAW_LOGITS] = raw
             outs = session.run(names, feeds)
             if i == last:
                 return outs[0], np.full(1, last, dtype=np.int64)
             h = outs[0]
             if not entry.head:
                 continue
-            logits = outs[1]
+            logits = outs[1]  # then exit_prob (an enabled gate), then head_logits (an ensemble)
+            if self._linked:
+                head = outs[-1] if names[-1] == HEAD_LOGITS else logits
+                raw = head[:, None] if raw is None else np.concatenate([raw, head[:, None]], axis=1)
             if entry.enabled and outs[2][0] >= self.threshold:
                 return logits, np.full(1, i, dtype=np.int64)
             if self.manifest.gate_history:

@@ -27,7 +27,7 @@ def test_relative_costs_have_the_flops_form() -> None:
     torch.testing.assert_close(costs.relative_heads, torch.tensor([0.05, 0.05, 0.1], dtype=torch.float64))
     torch.testing.assert_close(costs.relative_gates, torch.tensor([0.01, 0.02, 0.03], dtype=torch.float64))
     off = routed_costs(costs.relative, costs.relative_heads, costs.relative_gates, torch.zeros(3, dtype=torch.bool),
-                       history=True)
+                       chained=True)
     assert off[-1].item() == pytest.approx(1.0)  # every gate off: exactly the backbone
     assert set(costs.to_dict()) >= {"stage_seconds", "relative", "relative_heads", "relative_gates"}
 

@@ -6,13 +6,15 @@ biases, activations, pooling and the gates' feature arithmetic are not counted.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 from leenet.config import GateConfig
 from leenet.nn.attach import attach_exits
-from leenet.nn.cost import count_flops, exit_costs, heads_needed, routed_costs, single_exit_costs
+from leenet.nn.cost import count_flops, exit_costs, heads_needed, needed_heads, routed_costs, single_exit_costs
 from leenet.nn.model import ExitNet
 
 IN_SHAPE = (2, 6, 6)
@@ -145,8 +147,15 @@ def test_routed_costs_match_a_loop_for_every_gate_set(history: bool) -> None:
 
 def test_heads_needed_with_history_keeps_heads_later_gates_read() -> None:
     enabled = torch.tensor([False, True, False, False])
-    assert heads_needed(enabled, history=False).tolist() == [False, True, False, False]
-    assert heads_needed(enabled, history=True).tolist() == [True, True, False, False]
+    assert heads_needed(enabled, chained=False).tolist() == [False, True, False, False]
+    assert heads_needed(enabled, chained=True).tolist() == [True, True, False, False]
+    assert heads_needed(enabled, chained=True, final=True).tolist() == [True] * 4  # a final ensemble reads all
+
+
+def test_needed_heads_on_lists_is_heads_needed() -> None:
+    for chained, final in itertools.product((False, True), repeat=2):
+        for flags in itertools.product((False, True), repeat=3):
+            assert needed_heads(list(flags), chained, final) == heads_needed(torch.tensor(flags), chained, final).tolist()
 
 
 @pytest.mark.parametrize("config", [GateConfig(hidden=8, history=h, pooled=p) for h in (False, True) for p in (False, True)]
