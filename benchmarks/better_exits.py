@@ -42,6 +42,7 @@ from fashion_mnist import (  # noqa: E402
     mean_std,
     run_seed,
 )
+from gallery import add_gallery, selected_exits  # noqa: E402
 
 from leenet.data import make_loader  # noqa: E402
 from leenet.nn import attach_exits  # noqa: E402
@@ -111,9 +112,10 @@ def load(stages, heads: str, seed: int):
     return net.eval(), saved
 
 
-def evaluate(stages, heads: str, ensemble: str, seeds: list[int], log: dict) -> dict:
-    """Gates, thresholds and budgets on one configuration's exits, for every seed; its results.json."""
-    runs, grids, finals, ens_seconds, head_seconds = [], None, [], [], []
+def evaluate(stages, splits, heads: str, ensemble: str, seeds: list[int], log: dict) -> dict:
+    """Gates, thresholds and budgets on one configuration's exits, for every seed; its results.json,
+    with the gallery of the first seed's model at the selected setting."""
+    runs, grids, finals, ens_seconds, head_seconds, first = [], None, [], [], [], None
     for seed in seeds:
         net, saved = load(stages, heads, seed)
         calib, test, train_out = saved["calib"], saved["test"], saved["train"]
@@ -128,6 +130,7 @@ def evaluate(stages, heads: str, ensemble: str, seeds: list[int], log: dict) -> 
         runs.append(run_seed(net, calib, test, train_out, seed, {METHOD: METHODS[METHOD]}, grids,
                              budget_curve_methods=(METHOD,), budget_step=BUDGET_STEP))
         grids = runs[0]["grids"]
+        first = first or (net, test)
     info = {"flops": float(net.backbone_flops),
             "dataset_info": {"num_classes": 10, "image_shape": [1, 28, 28], "num_train": len(train_out.labels),
                              "num_calib": len(calib.labels), "num_test": len(test.labels)}}
@@ -136,7 +139,8 @@ def evaluate(stages, heads: str, ensemble: str, seeds: list[int], log: dict) -> 
                **({"ensemble_fit": float(np.mean(ens_seconds))} if ens_seconds else {})}
     results = build_results(runs, log, info, timings, args)
     results["heads"].update({**HEADS[heads], "temperature": TEMPERATURE, "set": heads, "ensemble": ensemble,
-                             "ensemble_final": finals, "training_seconds": head_seconds,
+                             "ensemble_final": finals[0] if finals and len(set(finals)) == 1 else None,
+                             "ensemble_final_seeds": finals, "training_seconds": head_seconds,
                              "ensemble_fit_seconds": ens_seconds})
     results["budget_step"] = BUDGET_STEP
     results["machine"] = {"platform": platform.platform(), "cpus": torch.get_num_threads(),
@@ -144,6 +148,12 @@ def evaluate(stages, heads: str, ensemble: str, seeds: list[int], log: dict) -> 
                           "command": "python " + " ".join(sys.argv)}
     out = OUT / config_name(heads, ensemble)
     out.mkdir(parents=True, exist_ok=True)
+    if selected := results.get("selected"):  # the first seed's model at the setting chosen on calibration
+        net, test = first
+        exits = selected_exits(net, runs[0]["methods"][METHOD]["fits"], METHODS[METHOD][0], test,
+                               selected["param"], selected["threshold"])
+        add_gallery(results, out, splits.test, test, exits, splits.spec.class_names, exit_names=net.exit_names,
+                    seed=seeds[0])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     write_report(results, out)
     goals = {**summarize(results, runs), "seeds": seeds}
@@ -177,7 +187,7 @@ def summarize(results: dict, runs: list[dict]) -> dict:
     oracle = [r["oracle"].test for r in runs]
     out["oracle"] = {"accuracy": mean_std([o.accuracy for o in oracle]), "cost": mean_std([o.cost for o in oracle])}
     out["head_training_seconds"] = results["heads"]["training_seconds"]
-    out["ensemble_final"] = results["heads"]["ensemble_final"]
+    out["ensemble_final"] = results["heads"]["ensemble_final_seeds"]
     return out
 
 
@@ -206,7 +216,7 @@ def main() -> None:
         seeds = [s for s in args.seeds if cache_path(heads, s).exists()]
         for ensemble in args.ensembles if seeds else ():
             start = time.perf_counter()
-            goals = evaluate(stages, heads, ensemble, seeds, log)
+            goals = evaluate(stages, splits, heads, ensemble, seeds, log)
             print(config_name(heads, ensemble), f"({time.perf_counter() - start:.0f} s)",
                   json.dumps(goals, default=float), flush=True)
 

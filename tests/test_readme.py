@@ -42,3 +42,14 @@ def test_bring_your_own_model_example_runs(tmp_path, monkeypatch) -> None:
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert (tmp_path / "vit.pt").is_file() and scope["net"].num_exits == 4
+
+
+def test_better_exits_example_runs(capsys) -> None:
+    first = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.S).group(1)
+    better = re.search(r"## Better exits\n.*?```python\n(.*?)```", README, re.S).group(1)
+    scope: dict = {}
+    exec(compile(first, "README.md", "exec"), scope)
+    exec(compile(better, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"better exits: accuracy ([\d.]+)%", printed).group(1))
+    assert accuracy > 90 and scope["net"].ensemble is not None and scope["net"].cascade is not None, printed

@@ -6,6 +6,7 @@ ever look at the calibration numbers; the test numbers are what gets reported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -129,8 +130,12 @@ class Evaluator:
         sweep's corners. ``fit``: any alpha's "predict" fit of the sweep, whose predictors and
         held-out scores every budget shares (:func:`leenet.policy.sweep.budget_sweep`).
         """
-        first = float(problem.costs.cost[0])
-        budgets = [round(first + k * step, 6) for k in range(int((1.0 - first) / step + 1e-6) + 1)]
+        # from the first exit's cost, rounded up (rounded down it would be a budget nothing meets), to
+        # what no gate at all costs: the backbone's, or more where the final exit reads the heads
+        first = math.ceil(float(problem.costs.cost[0]) * 1e6) / 1e6
+        none = torch.zeros(problem.num_exits - 1, dtype=torch.bool)
+        top = max(1.0, float(problem.costs.routed(none)[-1]))
+        budgets = [round(first + k * step, 6) for k in range(int((top - first) / step + 1e-6) + 1)]
         solved = budget_sweep(problem, fit, self.calib, budgets, config, progress=progress)
         return [replace(c, method="leenet_budget")
                 for budget, gates in solved.items()

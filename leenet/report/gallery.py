@@ -210,10 +210,13 @@ def gallery_html(results: Results, run_dir: Path, img: Callable[[Path, str], str
                "them" if results.seeds is not None else "this run predates it (its results.json has no gallery section)")
         return f"{head}<p class='note'>no exit gallery: {why}; a new <code>leenet run</code> draws one</p></section>"
     model = f" ({esc(setting(results.selected))})" if results.selected else ""
-    intro = (f"<p class='note'>test images the saved model{model} let leave at each exit, up to "
+    who = "the first seed's model" if results.seeds is not None else "the saved model"  # a multi-seed benchmark
+    intro = (f"<p class='note'>test images {who}{model} let leave at each exit, up to "
              f"{max(len(e.indices) for e in section.exits)} drawn at random from those that left there (seed "
              f"{section.seed}); each captioned with the prediction over the true class, mistakes marked ✗ and "
              "framed in red</p>")
+    if isinstance(note := results.extra.get("gallery_note"), str):  # how a benchmark drew it, written beside it
+        intro += f"<p class='note'>{esc(note)}</p>"
     width = 125 * _heatmap_size(section)[0]  # CSS pixels: text as large as the other plots' (saved at 150 dpi)
     drawn = plot_class_exits(section, Path(run_dir) / "class_exits.png")
     heatmap = f"<div style='max-width:{width:.0f}px'>{img(drawn, 'share of each class per exit')}</div>"

@@ -1,5 +1,7 @@
 """Gate fitting on cached outputs (leenet.policy.fit, .predict, .sweep), against slow references."""
 
+import math
+
 import pytest
 
 from leenet.policy.fit import GateProblem
@@ -340,8 +342,9 @@ def test_budget_curve_is_the_budget_sweep_on_a_grid_of_costs(tiny_stages, tiny_i
     fit = fit_gates(net, cache, [0.0], config, seed=0)[0.0]
     ev = Evaluator.of(net, cache, cache)
     curve = ev.budget_curve(GateProblem.of(net), fit, config, 0.1)
-    first = float(net.cost[0])
+    first = math.ceil(float(net.cost[0]) * 1e6) / 1e6  # rounded up: the first exit's own cost is a budget it meets
     grid = [round(first + 0.1 * k, 6) for k in range(len(curve))]
+    assert curve[0].param == first and curve[0].calib.cost <= first  # everybody out at the first exit
     assert [c.param for c in curve] == grid and grid[-1] <= 1.0 < grid[-1] + 0.1
     assert {c.method for c in curve} == {"leenet_budget"}
     for candidate, (budget, solved) in zip(curve, budget_sweep(GateProblem.of(net), fit, cache, grid, config).items()):
