@@ -45,6 +45,7 @@ from fashion_mnist import (  # noqa: E402
 from gallery import add_gallery, selected_exits  # noqa: E402
 
 from leenet.data import make_loader  # noqa: E402
+from leenet.evaluate import operating_points  # noqa: E402
 from leenet.nn import attach_exits  # noqa: E402
 from leenet.nn.combine import ensemble_for  # noqa: E402
 from leenet.policy import collect_outputs  # noqa: E402
@@ -184,6 +185,15 @@ def summarize(results: dict, runs: list[dict]) -> dict:
     for k in ("area", "worst_gap", "worst_stderr", "family_area", "family_worst_gap", "family_worst_stderr",
               "budget_area", "budget_worst_gap", "budget_worst_stderr"):
         out[k] = m.get(k)
+    # what choosing the default may read: the same operating points on the calibration split (an
+    # ensemble is fit there too: a few dozen weights on 10 000 images, slightly in-sample)
+    calib = {name: [] for name in ("accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs", "cost at <= 0.5 pt drop")}
+    for r in runs:
+        ref_c, ref_t = r["singles"][-1].calib.accuracy, r["singles"][-1].test.accuracy
+        for p in operating_points({"leenet": r["methods"][METHOD]["family"]}, ref_c, ref_t):
+            if p["name"] in calib and p["reachable"]:
+                calib[p["name"]].append(p["calib"]["cost" if p["kind"] == "max_drop" else "accuracy"])
+    out["calibration"] = {name: mean_std(v) if len(v) == len(runs) else None for name, v in calib.items()}
     oracle = [r["oracle"].test for r in runs]
     out["oracle"] = {"accuracy": mean_std([o.accuracy for o in oracle]), "cost": mean_std([o.cost for o in oracle])}
     out["head_training_seconds"] = results["heads"]["training_seconds"]

@@ -20,8 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from leenet.config import GateConfig
-from leenet.datasets.folder import FolderImages
-from leenet.datasets.memory import TensorImageDataset
+from leenet.data import stored_images
 from leenet.policy import CachedOutputs
 from leenet.policy.simulate import first_exit, gate_probabilities
 from leenet.policy.sweep import GateFit
@@ -62,16 +61,6 @@ def selected_exits(net, fits: Mapping[float, GateFit], gate_config: GateConfig, 
     if len(gates) != net.num_exits - 1:
         raise ValueError(f"the fit has {len(gates)} gates for {net.num_exits - 1} early exits")
     return first_exit(gate_probabilities(gates, cache.gate_inputs(gate_config)) >= threshold)
-
-
-def stored_images(dataset: Dataset) -> tuple[object, float]:
-    """The un-normalized uint8 (N, C, H, W) images of a test split and their full-brightness value,
-    as :func:`leenet.pipeline._gallery` reads them: an in-memory dataset's stored tensor (for
-    Fashion-MNIST, ``load_dataset(...).test.images``, 0..255), or an image folder's files decoded
-    and eval-cropped on demand."""
-    if isinstance(dataset, TensorImageDataset):
-        return dataset.images, dataset.value_max
-    return FolderImages(dataset), 255.0
 
 
 def add_gallery(results: dict, out_dir: Path, test_dataset: Dataset, test: CachedOutputs, exits: Tensor,

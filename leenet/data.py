@@ -30,14 +30,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from leenet.datasets.cifar import CIFAR10, CIFAR100, read_cifar
 from leenet.datasets.digits import read_digits
-from leenet.datasets.folder import IMAGENET_MEAN, IMAGENET_STD, FolderData, ImageFolderDataset, read_folder, read_imagenette
+from leenet.datasets.folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FolderData,
+    FolderImages,
+    ImageFolderDataset,
+    read_folder,
+    read_imagenette,
+)
 from leenet.datasets.hf import read_hub, read_local
 from leenet.datasets.idx import read_fashion_mnist
 from leenet.datasets.memory import ArrayData, IndexBatches, TensorBatchLoader, TensorImageDataset
 from leenet.errors import DataError
 
 __all__ = ["DATASETS", "DatasetEntry", "DatasetSpec", "ImageFolderDataset", "Splits",
-           "TensorImageDataset", "dataset_names", "load_dataset", "make_loader", "split_calibration"]
+           "TensorImageDataset", "dataset_names", "load_dataset", "make_loader", "split_calibration", "stored_images"]
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,16 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                         "channels: use weights trained on RGB images, or none")
     size = _image_size(image_size, entry.default_image_size or 224)
     return _folder_splits(name, raw, calib_size, seed, size, mean, std)
+
+
+def stored_images(ds: Dataset) -> tuple[object, float]:
+    """A split's images as stored, un-normalized, and their full-brightness value: an in-memory
+    split's uint8 tensor (N, C, H, W) (digits: 0..16, Fashion-MNIST: 0..255), or an image
+    folder's files, decoded on demand and eval-cropped as the model saw them (0..255).
+    What the exit gallery shows."""
+    if isinstance(ds, TensorImageDataset):
+        return ds.images, ds.value_max
+    return FolderImages(ds), 255.0
 
 
 def make_loader(ds: Dataset, batch_size: int, *, train: bool, seed: int = 0,

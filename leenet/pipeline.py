@@ -17,9 +17,8 @@ from torch import Tensor
 from leenet.backbones.registry import get_backbone_info, torchvision_weights, weights_in_channels
 from leenet.checkpoint import save_checkpoint
 from leenet.config import RunConfig
-from leenet.data import Splits, load_dataset
-from leenet.datasets.folder import IMAGENET_MEAN, IMAGENET_STD, FolderImages
-from leenet.datasets.memory import TensorImageDataset
+from leenet.data import Splits, load_dataset, stored_images
+from leenet.datasets.folder import IMAGENET_MEAN, IMAGENET_STD
 from leenet.defaults import resolve
 from leenet.distributed import Processes, each_machine_first, process_group
 from leenet.errors import LeenetError
@@ -203,10 +202,7 @@ def _gallery(splits: Splits, net: ExitNet, test: CachedOutputs, routed: tuple[Te
              seed: int) -> tuple[GallerySection, Thumbnails]:
     """The saved model's exit gallery on the test split: its section of results.json and its thumbnails."""
     predictions, exit_index = routed
-    if isinstance(splits.test, TensorImageDataset):  # in memory: uint8 as stored (digits: 0..16)
-        images, value_max = splits.test.images, splits.test.value_max
-    else:  # image files: decoded on demand, eval-cropped as the model saw them
-        images, value_max = FolderImages(splits.test), 255.0
+    images, value_max = stored_images(splits.test)
     return gallery_from_outputs(images, test.labels, predictions, exit_index, test.logits[:, -1].argmax(-1),
                                 net.exit_names, splits.spec.class_names, value_max=value_max, seed=seed)
 

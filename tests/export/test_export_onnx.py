@@ -60,15 +60,18 @@ def mixed_net(case: str, gate_config: GateConfig, disabled: tuple[int, ...] = ()
     return net, x
 
 
-def assert_same_routing(net: ExitNet, runner: ExitRunner, x: torch.Tensor) -> None:
-    """Same exit and class for every sample, logits within 1e-4, at each batch size."""
-    for size in BATCH_SIZES:
+def assert_same_routing(net: ExitNet, runner: ExitRunner, x: torch.Tensor, *, atol: float = 1e-4,
+                        singles: int = 0) -> None:
+    """Same exit and class for every sample, logits within ``atol``, at each batch size, then for
+    ``singles`` more single images (batch 1 takes the runtime's fast path)."""
+    batches = [x[:size] for size in BATCH_SIZES] + [x[k + 1:k + 2] for k in range(singles)]
+    for batch in batches:
         with torch.no_grad():
-            want_logits, want_exit = net(x[:size])
-        logits, exit_index = runner(x[:size].numpy())
+            want_logits, want_exit = net(batch)
+        logits, exit_index = runner(batch.numpy())
         np.testing.assert_array_equal(exit_index, want_exit.numpy())
         np.testing.assert_array_equal(logits.argmax(1), want_logits.argmax(1).numpy())
-        np.testing.assert_allclose(logits, want_logits.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(logits, want_logits.numpy(), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("disabled", [(), (0,)], ids=["all-gates", "gate0-off"])
