@@ -246,24 +246,24 @@ def print_table() -> None:
         return fmt.format(entry[key] * scale) + ("" if std is None else " ± " + fmt.format(std * scale))
 
     print("| exits | seeds | exit accuracy (%) | acc. at <= 50% FLOPs | acc. at <= 75% FLOPs | cost at <= 0.5 pt "
-          "| best threshold at 50% / 75% / 0.5 pt | area vs thresholds | worst (SE) | budgets: area, worst (SE) "
-          "| head training (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| best threshold at 50% / 75% / 0.5 pt | (α × t) family vs thresholds: area (pt·cost), worst pt (SE) "
+          "| solved budgets: area, worst pt (SE) | head training (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, g in summary.items():
         half, three, drop = (g[k] for k in ("accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
                                             "cost at <= 0.5 pt drop"))
         best = " / ".join(pct(x["best_threshold"], k) for x, k in ((half, "accuracy"), (three, "accuracy"),
                                                                      (drop, "cost")))
 
-        def stat(key: str, g: dict = g) -> str:
+        def stat(key: str, g: dict = g) -> str:  # accuracy fractions as points; standard errors unsigned
             v = g.get(key)
-            return "–" if v is None else f"{v['mean']:+.4f}"
+            return "–" if v is None else (f"{100 * v['mean']:.2f}" if "stderr" in key else f"{100 * v['mean']:+.2f}")
 
         seconds = [s for s in g["head_training_seconds"] if s is not None]
         train_s = f"{np.mean(seconds):.0f}" if seconds else "–"
         print(f"| {name} | {len(g['seeds'])} | {' / '.join(str(e[2]) for e in g['exits'])} "
               f"| {pct(half['leenet'], 'accuracy')} | {pct(three['leenet'], 'accuracy')} | {pct(drop['leenet'], 'cost')} "
-              f"| {best} | {stat('area')} | {stat('worst_gap')} ({stat('worst_stderr')}) "
+              f"| {best} | {stat('family_area')}, {stat('family_worst_gap')} ({stat('family_worst_stderr')}) "
               f"| {stat('budget_area')}, {stat('budget_worst_gap')} ({stat('budget_worst_stderr')}) "
               f"| {train_s} |")
 
