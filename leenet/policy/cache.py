@@ -72,9 +72,11 @@ class CachedOutputs:
         ]
 
     def combined(self, ensemble: ExitEnsemble) -> CachedOutputs:
-        """These outputs as a network with ``ensemble`` gives them, from the heads' own logits here."""
+        """These outputs as a network with ``ensemble`` gives them, from the heads' own logits here
+        (computed where the ensemble is, kept on the CPU like every cache)."""
         with torch.no_grad():
-            return CachedOutputs(ensemble(self.logits), self.pooled, self.labels)
+            combined = ensemble(self.logits.to(ensemble.weight.device)).float().cpu()
+        return CachedOutputs(combined, self.pooled, self.labels)
 
     def subset(self, index: Tensor) -> CachedOutputs:
         """The outputs of the samples at ``index`` (a fold of the split)."""

@@ -255,3 +255,20 @@ def test_bad_distillation_is_refused(tiny_input: Tensor) -> None:
                               example_input=torch.zeros(1, *INPUT_SHAPE))
     with pytest.raises(LeenetError, match="distillation"):
         train_heads(net, lambda: [], steps_per_epoch=1, epochs=1, progress=False, distill=1.5)
+
+
+def test_cached_outputs_combined_are_what_the_network_gives(tiny_input: Tensor) -> None:
+    """Caching the heads' own logits, then combining them, equals the ensembled network's forward_all."""
+    from leenet.policy.cache import collect_outputs
+
+    net = _linked_net("detach", "geometric", True, GateConfig(hidden=8))
+    ensemble = net.ensemble
+    net.set_ensemble(None)
+    labels = torch.randint(0, NUM_CLASSES, (len(tiny_input),))
+    raw = collect_outputs(net, [(tiny_input, labels)], progress=False)
+    net.set_ensemble(ensemble)
+    with torch.no_grad():
+        expected = net.forward_all(tiny_input).logits
+    combined = raw.combined(ensemble)
+    torch.testing.assert_close(combined.logits, expected, atol=1e-5, rtol=1e-5)
+    assert combined.logits.device.type == "cpu" and torch.equal(combined.labels, labels)
