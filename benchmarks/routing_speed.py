@@ -55,7 +55,7 @@ from leenet.evaluate import PlainBackbone
 from leenet.evaluate.latency import measure_latency
 from leenet.evaluate.timing import interleaved_seconds
 from leenet.export import export_onnx
-from leenet.nn import ExitNet, attach_exits, gate_features, heads_needed
+from leenet.nn import ExitNet, attach_exits, gate_features
 from leenet_runtime import ExitRunner
 
 MIX_FROM = Path(__file__).parent / "results/fashion_mnist_sdn/results.json"  # the saved model's exits
@@ -91,12 +91,6 @@ def mix_exits(net: ExitNet, images: Tensor, fractions: list[float], seed: int = 
         gate.mlp[-1].bias -= (upper + lower) / 2 - math.log(net.threshold / (1 - net.threshold))
         reaching &= gate(inputs) < net.threshold
     return net
-
-
-def exit_plan(net: ExitNet) -> tuple[list[bool], list[bool]]:
-    """Which gates are on and which heads run (read once, outside the timed passes)."""
-    enabled = net.enabled_exits().cpu()
-    return enabled.tolist(), heads_needed(enabled, net.gate_config.history).tolist()
 
 
 def ideal_torch(net: ExitNet, x: Tensor, rows: list[int], plan: tuple[list[bool], list[bool]]) -> Tensor:
@@ -176,7 +170,7 @@ def torch_fns(patterns: dict[str, ExitNet], xs: list[Tensor], reach: dict[str, l
     for name, net in patterns.items():
         fns[f"routed|{name}"] = partial(lambda net: [net(x) for x in xs], net)
         fns[f"ideal|{name}"] = partial(lambda net, r, plan: [ideal_torch(net, x, n, plan) for x, n in zip(xs, r)],
-                                       net, reach[name], exit_plan(net))
+                                       net, reach[name], net.exit_plan())  # read once, outside the timed passes
     return fns
 
 

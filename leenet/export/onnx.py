@@ -25,7 +25,6 @@ from torch.onnx import symbolic_helper
 
 from leenet.errors import LeenetError, brief
 from leenet.export.metadata import default_preprocessing, load_run
-from leenet.nn.cost import needed_heads
 from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
 from leenet.version import __version__
@@ -212,8 +211,7 @@ def _prepare_dir(out: Path) -> Path:
 
 
 def _stage_graphs(net: ExitNet) -> list[StageGraph]:
-    enabled = net.enabled_exits().cpu().tolist()
-    needed = needed_heads(enabled, net.gate_config.history or net.linked, net.final_reads_heads)
+    enabled, needed = net.exit_plan()
     last = net.num_exits - 1
     return [StageGraph(net, i, head=i < last and needed[i], gate=i < last and enabled[i])
             for i in range(net.num_exits)]

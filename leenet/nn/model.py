@@ -224,7 +224,7 @@ class ExitNet(nn.Module):
             logits (B, C) from each sample's exit, and exit_index (B,) int64 in [0, E).
         """
         self.check_input(x)
-        enabled, run_head = self._exit_plan()
+        enabled, run_head = self.exit_plan()
         if not any(run_head):  # no gate can fire and no head is read: the plain backbone, nothing else
             h = x
             for stage in self.stages:
@@ -278,8 +278,9 @@ class ExitNet(nn.Module):
                 prev = torch.cat([prev, logits[:, None]], dim=1)
         return out, exit_index
 
-    def _exit_plan(self) -> tuple[list[bool], list[bool]]:
-        """Which gates can fire and which heads must run, as host lists: one device->host read."""
+    def exit_plan(self) -> tuple[list[bool], list[bool]]:
+        """Which gates can fire and which heads must run, as host lists (one device->host read):
+        what routing, the ONNX export and the routing benchmark all run by."""
         if not len(self.gates):
             return [], []
         enabled = torch.stack([gate.enabled for gate in self.gates]).tolist()

@@ -98,7 +98,7 @@ def test_exit_plan_is_heads_needed() -> None:
         net = _net(GateConfig(history=history))
         for gate, on in zip(net.gates, flags):
             gate.enabled.fill_(on)
-        enabled, run_head = net._exit_plan()
+        enabled, run_head = net.exit_plan()
         assert enabled == list(flags)
         assert run_head == heads_needed(torch.tensor(flags), history).tolist()
 
