@@ -19,6 +19,7 @@ from torch import Tensor
 
 from leenet.errors import LeenetError
 from leenet.evaluate.timing import PlainBackbone
+from leenet.nn.cost import cumulative_costs
 from leenet.nn.model import ExitNet
 
 
@@ -53,11 +54,9 @@ class LatencyCosts:
     @property
     def relative(self) -> Tensor:
         """(E,) like :attr:`ExitCosts.relative`: every stage, head and gate up to each exit, over the backbone."""
-        stages = torch.tensor(self.stage_seconds, dtype=torch.float64) * self._stage_scale
-        extra = torch.tensor(self.head_seconds, dtype=torch.float64) + torch.tensor(self.gate_seconds,
-                                                                                     dtype=torch.float64)
-        extra = torch.cat([extra, extra.new_zeros(1)])
-        return torch.cumsum(stages + extra, 0) / self.backbone_seconds
+        stage, head, gate = (torch.tensor(v, dtype=torch.float64)
+                             for v in (self.stage_seconds, self.head_seconds, self.gate_seconds))
+        return cumulative_costs(stage * self._stage_scale, head, gate) / self.backbone_seconds
 
     @property
     def relative_heads(self) -> Tensor:

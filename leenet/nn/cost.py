@@ -109,6 +109,17 @@ def routed_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor, enabled: Te
     return cost - saved
 
 
+def cumulative_costs(stage: Tensor, head: Tensor, gate: Tensor) -> Tensor:
+    """(E,) cost of reaching each exit with every head and gate run: each stage up to it, and the
+    head and gate of every early exit up to and with its own. One rule for FLOPs
+    (:func:`exit_costs`) and for measured time (:class:`leenet.evaluate.latency.LatencyCosts`).
+
+    Args:
+        stage: (E,) each stage's cost; head, gate: (E-1,) each early head's and gate's.
+    """
+    return torch.cumsum(stage + F.pad(head + gate, (0, 1)), 0)
+
+
 def single_exit_costs(cost: Tensor, head_cost: Tensor, gate_cost: Tensor) -> Tensor:
     """(E,) relative cost of a network truncated at each exit: its stages and its own head only."""
     extra = (head_cost + gate_cost).to(cost.dtype)
@@ -198,7 +209,7 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
     was_training = net.training
     net.eval()
     try:
-        stage_flops, extra_flops, head_list, gate_list = [], [], [], []
+        stage_flops, head_list, gate_list = [], [], []
         h = example_input[:1]
         prev = None
         for i, stage in enumerate(net.stages):
@@ -213,16 +224,12 @@ def exit_costs(net: nn.Module, example_input: Tensor) -> ExitCosts:
                 prev = logits.new_empty(1, 0, logits.shape[-1])
             inputs = gate_features(logits, prev, net.heads[i].pool(h), net.gate_config)
             gate_flops, _ = count_flops(net.gates[i], inputs)
-            extra_flops.append(head_flops + gate_flops)
             head_list.append(head_flops)
             gate_list.append(gate_flops)
             prev = torch.cat([prev, logits[:, None]], dim=1)
     finally:
         net.train(was_training)
-    backbone = sum(stage_flops)
-    cumulative, total = [], 0
-    for i, flops in enumerate(stage_flops):
-        total += flops + (extra_flops[i] if i < len(extra_flops) else 0)
-        cumulative.append(total)
-    return ExitCosts(backbone_flops=max(backbone, 1), exit_flops=tuple(cumulative),
+    as_int = [torch.tensor(v, dtype=torch.int64) for v in (stage_flops, head_list, gate_list)]
+    cumulative = cumulative_costs(*as_int).tolist()
+    return ExitCosts(backbone_flops=max(sum(stage_flops), 1), exit_flops=tuple(cumulative),
                      head_flops=tuple(head_list), gate_flops=tuple(gate_list))
