@@ -41,16 +41,13 @@ from fashion_mnist import (  # noqa: E402
     head_cache_path,
     mean_std,
     run_seed,
+    trained_exits,
 )
 from gallery import add_gallery, selected_exits  # noqa: E402
 
-from leenet.data import make_loader  # noqa: E402
 from leenet.evaluate import operating_points  # noqa: E402
-from leenet.nn import attach_exits  # noqa: E402
 from leenet.nn.combine import ensemble_for  # noqa: E402
-from leenet.policy import collect_outputs  # noqa: E402
 from leenet.report import write_report  # noqa: E402
-from leenet.train import train_heads  # noqa: E402
 
 BACKBONE = Path("runs/fmnist_backbone_w24.pt")
 HEAD_EPOCHS = 6
@@ -75,42 +72,18 @@ def cache_path(heads: str, seed: int) -> Path:
     return plain if heads == "sdn" else plain.with_name(plain.name.replace("_heads.pt", f"_{heads}_heads.pt"))
 
 
-def build_net(stages, heads: str):
-    return attach_exits(stages, list(EXITS), input_shape=(1, 28, 28), num_classes=10, head="sdn",
-                        cascade=HEADS[heads]["cascade"])
-
-
-def train(stages, splits, heads: str, seed: int) -> None:
-    """Train one head set for one seed and cache its weights, raw outputs and training time."""
+def trained(stages, splits, heads: str, seed: int):
+    """One head set for one seed, trained (or read from its cache) by fashion_mnist.trained_exits;
+    returns the network and the cache file's contents (raw outputs and training seconds)."""
     path = cache_path(heads, seed)
-    if path.exists():
-        print(f"{heads} seed {seed}: cached at {path}", flush=True)
-        return
-    torch.manual_seed(seed)
-    net = build_net(stages, heads)
-    loader = make_loader(splits.train, 128, train=True, seed=seed)
-    start = time.perf_counter()
-    train_heads(net, lambda: iter(loader), steps_per_epoch=len(loader), epochs=HEAD_EPOCHS, progress=False,
-                distill=HEADS[heads]["distill"], temperature=TEMPERATURE)
-    seconds = time.perf_counter() - start
-    saved = {split: collect_outputs(net, make_loader(getattr(splits, split), 500, train=False), progress=False)
-             for split in ("calib", "test", "train")}
-    state = {k: v for k, v in net.state_dict().items() if not k.startswith("stages.")}
-    torch.save({**saved, "heads": net.heads.state_dict(), "exit_state": state, "seconds": seconds,
-                "threads": torch.get_num_threads()}, path)
-    acc = [round(float(a) * 100, 2) for a in saved["test"].correct.float().mean(0)]
-    print(f"{heads} seed {seed}: {seconds:.0f} s, test accuracy per exit {acc}", flush=True)
-
-
-def load(stages, heads: str, seed: int):
-    """The network and cached raw outputs of one trained head set."""
-    saved = torch.load(cache_path(heads, seed), weights_only=False)
-    net = build_net(stages, heads)
-    if "exit_state" in saved:
-        net.load_state_dict(saved["exit_state"], strict=False)
-    else:  # written by fashion_mnist.py
-        net.heads.load_state_dict(saved["heads"])
-    return net.eval(), saved
+    cached = path.exists()
+    net, *_ = trained_exits(stages, list(EXITS), None, splits, seed, "sdn", HEAD_EPOCHS, path,
+                            temperature=TEMPERATURE, **HEADS[heads])
+    saved = torch.load(path, weights_only=False)
+    if not cached:
+        acc = [round(float(a) * 100, 2) for a in saved["test"].correct.float().mean(0)]
+        print(f"{heads} seed {seed}: {saved['seconds']:.0f} s, test accuracy per exit {acc}", flush=True)
+    return net, saved
 
 
 def evaluate(stages, splits, heads: str, ensemble: str, seeds: list[int], log: dict) -> dict:
@@ -118,7 +91,7 @@ def evaluate(stages, splits, heads: str, ensemble: str, seeds: list[int], log: d
     with the gallery of the first seed's model at the selected setting."""
     runs, grids, finals, ens_seconds, head_seconds, first = [], None, [], [], [], None
     for seed in seeds:
-        net, saved = load(stages, heads, seed)
+        net, saved = trained(stages, splits, heads, seed)
         calib, test, train_out = saved["calib"], saved["test"], saved["train"]
         head_seconds.append(saved.get("seconds"))
         if ensemble != "off":
@@ -219,7 +192,7 @@ def main() -> None:
     if args.step == "train":
         for seed in args.seeds:
             for heads in args.heads:
-                train(stages, splits, heads, seed)
+                trained(stages, splits, heads, seed)
         return
     log = json.loads(BACKBONE.with_suffix(".json").read_text())
     for heads in args.heads:

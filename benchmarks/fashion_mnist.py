@@ -258,32 +258,40 @@ def load_or_train_backbone(path: Path, splits, reuse: bool) -> tuple[torch.nn.Mo
 
 
 def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: int, head: str, head_epochs: int,
-                  cache: Path | None = None):
+                  cache: Path | None = None, *, distill: float = 0.0, temperature: float = 3.0,
+                  cascade: str = "off"):
     """An ExitNet with trained heads and its cached calibration, test and training outputs.
 
     Pooled-linear heads train on the cached pooled features (seconds); other heads train
-    through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does.
-    With ``cache``, trained conv heads and their outputs are saved there and reused when
-    the file exists (head training is most of an SDN run's time).
+    through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does,
+    with ``distill``/``temperature`` and ``cascade`` as there. With ``cache``, trained conv
+    heads (and cascade links) and their outputs are saved there, with the training seconds,
+    and reused when the file exists (head training is most of an SDN run's time).
     """
     torch.manual_seed(seed)
-    net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head)
+    net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head, cascade=cascade)
     if head == "pool":
         train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
         return net, *(cached_outputs(net, feats[k]) for k in ("calib", "test", "train"))
     saved = torch.load(cache, weights_only=False) if cache is not None and cache.exists() else {}
-    if saved:
+    if "exit_state" in saved:  # heads and cascade links
+        net.load_state_dict(saved["exit_state"], strict=False)
+    elif saved:  # written before cascades: the heads alone
         net.heads.load_state_dict(saved["heads"])
-        net.heads.eval()
     else:
         train = make_loader(splits.train, 128, train=True, seed=seed)
-        train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False)
+        start = time.perf_counter()
+        train_heads(net, lambda: iter(train), steps_per_epoch=len(train), epochs=head_epochs, progress=False,
+                    distill=distill, temperature=temperature)
+        saved["seconds"], saved["threads"] = time.perf_counter() - start, torch.get_num_threads()
+    net.eval()
     missing = [split for split in ("calib", "test", "train") if split not in saved]  # train: for train-fit gates
     for split in missing:
         saved[split] = collect_outputs(net, make_loader(getattr(splits, split), 500, train=False), progress=False)
     if cache is not None and missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**saved, "heads": net.heads.state_dict()}, cache)
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith("stages.")}
+        torch.save({**saved, "heads": net.heads.state_dict(), "exit_state": state}, cache)
     return net, saved["calib"], saved["test"], saved["train"]
 
 
