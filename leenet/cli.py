@@ -137,7 +137,7 @@ def _add_run_parser(sub) -> None:
     t.add_argument("--distill", type=float, metavar="WEIGHT",
                    help="self-distillation: weight in [0, 1] of the backbone's own softened logits in each head's "
                         "loss, the rest on the labels (default: 0 = labels only)")
-    t.add_argument("--distill-temperature", type=float, default=3.0, metavar="T",
+    t.add_argument("--distill-temperature", type=float, default=TrainConfig.distill_temperature, metavar="T",
                    help="softening temperature of --distill (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "

@@ -184,10 +184,11 @@ def ensemble_stage(net: ExitNet, caches: dict[str, CachedOutputs], config: RunCo
     ensemble = ensemble_for(calib.logits, calib.labels, config.model.ensemble, config.model.ensemble_final,
                             seed=config.seed)
     net.set_ensemble(ensemble)
-    accuracy = [f"{100 * float(a):.2f}" for a in caches["calib"].combined(ensemble).correct.float().mean(0)]
+    combined = {key: cache.combined(ensemble) for key, cache in caches.items()}
+    accuracy = [f"{100 * float(a):.2f}" for a in combined["calib"].correct.float().mean(0)]
     log(f"ensembled exits ({ensemble.kind}, final exit {'in' if ensemble.final else 'the backbone alone'}): "
         f"calibration accuracy {' / '.join(accuracy)} % (in sample)")
-    return {key: cache.combined(ensemble) for key, cache in caches.items()}
+    return combined
 
 
 def gates_stage(net: ExitNet, caches: dict[str, CachedOutputs], config: RunConfig,
