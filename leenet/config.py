@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from leenet.errors import LeenetError
 
 # The choices each setting takes (the CLI's `choices=` read these).
-HEAD_KINDS = ("pool", "sdn", "flatten")  # exit heads, see leenet.nn.heads
+HEAD_KINDS = ("pool", "sdn", "deep", "flatten")  # exit heads, see leenet.nn.heads
 OBJECTIVES = ("hard", "soft", "predict")  # gate objectives, see GateTrainConfig
 LOSS_KINDS = ("error", "ce", "soft_error")  # per-exit losses, see leenet.policy.objective.exit_losses
 ALPHA_UNITS = ("range", "raw")
@@ -120,7 +120,7 @@ class ModelConfig:
 
     arch: str | None = None  # backbone registry name; None = the dataset's default
     exits: tuple[str, ...] | None = None  # module names to exit after; None = the backbone's defaults
-    head: str | None = None  # exit head: "pool", "sdn" or "flatten"; None = the dataset's default
+    head: str | None = None  # exit head: "pool", "sdn", "deep" or "flatten"; None = the dataset's default
     gate: GateConfig | None = None  # gate inputs and width; None = the dataset's default
     weights: str | None = None  # torchvision weights enum name or a file; None = train the backbone
     num_classes: int | None = None  # replace the backbone's classifier for this many classes

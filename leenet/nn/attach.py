@@ -40,7 +40,7 @@ def attach_exits(
         input_shape: one image's shape ``(C, H, W)`` at the size the network will see;
             FLOPs are counted at this size.
         num_classes: number of classes of the backbone's classifier.
-        head: ``"pool"``, ``"sdn"`` or ``"flatten"`` (see :func:`leenet.heads.make_head`).
+        head: ``"pool"``, ``"sdn"``, ``"deep"`` or ``"flatten"`` (see :func:`leenet.heads.make_head`).
         gate_config: what the gates see and their width.
         threshold: gate probability at or above which a sample exits.
         layout: how the features at the exits are laid out (``"nchw"``, ``"nhwc"``,

@@ -40,6 +40,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], list[str], tuple[int, ...], int,
     "tiny": (make_tiny_cnn, EXIT_POINTS, INPUT_SHAPE, 5, "pool"),
     "digits": (lambda: DigitsCNN(width=8), ["block1", "block2"], (1, 8, 8), 10, "flatten"),
     "resnet": (lambda: SmallResNet(width=8, blocks=1), ["layer1", "layer2"], (3, 32, 32), 10, "sdn"),
+    "resnet-deep": (lambda: SmallResNet(width=8, blocks=1), ["layer1", "layer2"], (3, 32, 32), 10, "deep"),
     "vgg": (_small_vgg, ["features.3", "features.7"], (3, 32, 32), 10, "pool"),
     "densenet": (_small_densenet, ["features.transition1", "features.transition2"], (3, 32, 32), 10, "pool"),
 }

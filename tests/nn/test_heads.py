@@ -8,10 +8,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from leenet.backbones.registry import build_backbone, get_backbone_info
+from leenet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from leenet.config import HEAD_KINDS, GateConfig
 from leenet.errors import LeenetError
+from leenet.nn.attach import attach_exits
+from leenet.nn.cost import count_flops
 from leenet.nn.gates import Gate, confidence_features, gate_features, gate_input_dim, make_gates
-from leenet.nn.heads import FeatureLayout, global_pool, make_head
+from leenet.nn.heads import DeepConvHead, FeatureLayout, global_pool, make_head
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -40,7 +44,7 @@ def test_sdn_head_rejects_vectors() -> None:
 
 
 def test_unknown_head_lists_valid_kinds() -> None:
-    with pytest.raises(LeenetError, match="pool, sdn, flatten"):
+    with pytest.raises(LeenetError, match="pool, sdn, deep, flatten"):
         make_head("mlp", (8, 4, 4), 3)
 
 
@@ -183,7 +187,7 @@ def test_heads_read_the_layout(shape: tuple[int, ...], layout: str | None, width
     assert head.pool(torch.randn(3, *shape, generator=_gen(6))).shape == (3, width)
     if kind == "pool":
         assert head.fc.in_features == width
-    if kind == "sdn":
+    if kind in ("sdn", "deep"):
         assert head.reduce[0].in_channels == width
 
 
@@ -201,3 +205,40 @@ def test_layout_errors_are_one_line() -> None:
         make_head("pool", (4, 4, 8), 3, "hwc")
     with pytest.raises(LeenetError, match=r"are not maps \(C, H, W\)"):
         make_head("pool", (17, 24), 3, "nchw")
+
+
+@pytest.mark.parametrize("shape, maps", [((24, 28, 28), [14, 7, 4]), ((48, 14, 14), [7, 4]), ((96, 7, 7), [4]),
+                                         ((8, 4, 4), [4]), ((300, 9, 9), [5, 3])])
+@pytest.mark.parametrize("kind", ["sdn", "deep"])
+def test_conv_heads_blocks_and_flops_by_hand(kind: str, shape: tuple[int, ...], maps: list[int]) -> None:
+    """The deep head strides 2 until the map is at most 4 wide (the sdn head: one block, strided
+    on maps over 8); every block has the sdn head's width, and the FLOPs are the convolutions'
+    and the linear layer's, counted by hand."""
+    head = make_head(kind, shape, 10).eval()
+    if kind == "sdn":
+        maps = [(shape[1] + 1) // 2 if shape[1] > 8 else shape[1]]
+    x = torch.randn(2, *shape, generator=_gen(7))
+    sizes, h = [], x
+    for layer in head.reduce:
+        h = layer(h)
+        if isinstance(layer, torch.nn.Conv2d):
+            sizes.append(h.shape[-1])
+    assert sizes == maps and head(x).shape == (2, 10)
+    width = max(32, min(shape[0], 256))
+    ins = [shape[0]] + [width] * (len(maps) - 1)
+    expected = sum(2 * c * width * 9 * m * m for c, m in zip(ins, maps)) + 2 * 2 * width * 10
+    assert count_flops(head, x[:1])[0] == expected
+
+
+def test_deep_heads_survive_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("digits_cnn", num_classes=10, in_channels=1)
+    net = attach_exits(backbone, list(get_backbone_info("digits_cnn").default_exits), input_shape=(1, 8, 8),
+                       num_classes=10, head="deep").eval()
+    save_checkpoint(tmp_path / "model.pt", net)
+    again = load_checkpoint(tmp_path / "model.pt")
+    assert read_checkpoint(tmp_path / "model.pt")["spec"]["head"] == "deep"
+    assert all(type(h) is DeepConvHead for h in again.heads)
+    x = torch.randn(5, 1, 8, 8, generator=_gen(8))
+    before, after = net.forward_all(x), again.forward_all(x)
+    assert torch.equal(before.logits, after.logits) and torch.equal(before.gate_p, after.gate_p)

@@ -100,7 +100,7 @@ def _has_no_lazy_parts(net: nn.Module) -> bool:
     return not lazy and not uninitialized
 
 
-@pytest.mark.parametrize("head", ["pool", "sdn", "flatten"])
+@pytest.mark.parametrize("head", ["pool", "sdn", "deep", "flatten"])
 def test_every_parameter_exists_after_construction(head: str) -> None:
     net = _tiny_net(GateConfig(hidden=8, history=True, pooled=True), head)
     assert _has_no_lazy_parts(net)

@@ -68,7 +68,7 @@ def _assert_same_routing(net: ExitNet, x: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("config", GATE_CONFIGS, ids=str)
-@pytest.mark.parametrize("head", ["pool", "sdn"])
+@pytest.mark.parametrize("head", ["pool", "sdn", "deep"])
 def test_batch_of_one_routes_like_the_batch(config: GateConfig, head: str, tiny_input: Tensor) -> None:
     net = mix_exits_(_net(config, head), tiny_input, 0.5)
     exits = _assert_same_routing(net, tiny_input)
