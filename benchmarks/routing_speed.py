@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from leenet.backbones import build_backbone, get_backbone_info
+from leenet.config import HEAD_KINDS
 from leenet.defaults import dataset_defaults
 from leenet.evaluate import PlainBackbone
 from leenet.evaluate.latency import measure_latency
@@ -226,6 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="small_resnet")
     parser.add_argument("--dataset", default="fashion-mnist", help="whose default heads and gates to build")
+    parser.add_argument("--head", choices=HEAD_KINDS, help="exit heads instead of the dataset's default (the "
+                        "committed run: sdn, then Fashion-MNIST's default)")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--engines", default="torch,onnx")
@@ -242,10 +245,11 @@ def main() -> None:
     cores = torch.get_num_threads()
     torch.manual_seed(0)
     defaults = dataset_defaults(args.dataset)
+    head = args.head or defaults.head
     model = build_backbone(args.arch, num_classes=10, in_channels=args.channels).eval()
     shape = (args.channels, args.image_size, args.image_size)
     net = attach_exits(model, get_backbone_info(args.arch).default_exits, input_shape=shape, num_classes=10,
-                       head=defaults.head, gate_config=defaults.gate).eval()
+                       head=head, gate_config=defaults.gate).eval()
     images = torch.randn(256, *shape, generator=torch.Generator().manual_seed(1))
     fractions = json.loads(MIX_FROM.read_text())["selected"]["exit_fractions"]
     rows, latency = [], {}
@@ -283,7 +287,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         summary = {
             "command": "python benchmarks/routing_speed.py " + " ".join(sys.argv[1:]),
-            "arch": args.arch, "input_shape": shape, "head": defaults.head, "gate_config": str(defaults.gate),
+            "arch": args.arch, "input_shape": shape, "head": head, "gate_config": str(defaults.gate),
             "clock": args.clock, "channels_last": args.channels_last,
             "mix_from": str(MIX_FROM.relative_to(Path(__file__).parent.parent)), "mix_fractions": fractions,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

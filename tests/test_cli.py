@@ -54,16 +54,18 @@ def test_results_schema(digits_run: Path) -> None:
 
 
 def test_better_exits_run_end_to_end(tmp_path: Path) -> None:
-    """Distilled, cascaded heads with an ensemble over every exit: routed inference, the saved
-    model and its reload all follow the combination."""
+    """Deep, distilled, cascaded heads with an ensemble over every exit: routed inference, the
+    saved model and its reload all follow the combination."""
     out = tmp_path / "linked"
-    assert main(["run", "--out", str(out), *FAST, "--distill", "0.5", "--cascade", "detach",
+    assert main(["run", "--out", str(out), *FAST, "--head", "deep", "--distill", "0.5", "--cascade", "detach",
                  "--ensemble", "geometric", "--ensemble-final"]) == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["heads"]["kind"] == "deep"
     assert results["heads"]["cascade"] == "detach" and results["heads"]["ensemble"] == "geometric"
     assert results["heads"]["distill"] == 0.5 and results["heads"]["ensemble_final"] is True
     assert results["routed_check"]["matches_simulation"] is True
     net = load_checkpoint(out / "model.pt")
+    assert all(head.kind == "deep" for head in net.heads)
     assert net.cascade is not None and net.ensemble is not None and net.ensemble.final
     assert bool((net.ensemble.weight.tril(-1) != 0).any())  # exits do read earlier heads
     x = torch.randn(16, 1, 8, 8)

@@ -97,8 +97,10 @@ def test_an_interrupted_run_is_not_started_over_by_accident(tmp_path: Path, caps
 
 def test_sigterm_keeps_the_stages_and_says_how_to_resume(tmp_path: Path) -> None:
     out = tmp_path / "stopped"
-    proc = subprocess.Popen(_leenet("--out", str(out), *ARGS), env=ENV, stderr=subprocess.PIPE, text=True,
-                            stdout=subprocess.DEVNULL)
+    # 300 head epochs (~12 s on digits) leave the signal time to land in them on a loaded machine:
+    # with ARGS' 12 the run could finish before the signal arrived (1.4 s after epoch 2)
+    proc = subprocess.Popen(_leenet("--out", str(out), *ARGS, "--head-epochs", "300"), env=ENV,
+                            stderr=subprocess.PIPE, text=True, stdout=subprocess.DEVNULL)
     for text in proc.stderr:
         if text.startswith("heads epoch 2/"):
             proc.send_signal(signal.SIGTERM)
