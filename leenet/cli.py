@@ -101,8 +101,8 @@ def _add_run_parser(sub) -> None:
     m.add_argument("--exits", help="comma-separated module names to exit after, e.g. layer1,layer2,layer3 "
                    "(see `leenet exits --arch NAME`)")
     m.add_argument("--head", choices=HEAD_KINDS,
-                   help="exit head: pool (pool+linear), sdn (conv reduction), deep (two conv blocks: stronger early exits "
-                   "for a few more FLOPs), flatten (original LEENet); "
+                   help="exit head: pool (pool+linear), sdn (conv reduction), deep (stride-2 conv blocks down to a 4x4 map: "
+                   "stronger early exits for a few more FLOPs), flatten (original LEENet); "
                    "default flatten for digits, deep for fashion-mnist, pool otherwise")
     m.add_argument("--cascade", choices=CASCADE_KINDS,
                    help="cascaded heads: each head also reads the previous head's logits through a small linear "
