@@ -14,15 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from better_exits import BACKBONE, HEADS, METHOD, METHODS, trained  # noqa: E402
-from fashion_mnist import cached_backbone_stages, run_seed  # noqa: E402
+from fashion_mnist import cached_backbone_stages, points, run_seed  # noqa: E402
+
+from leenet.evaluate import envelope_at, upper_envelope  # noqa: E402
 
 COSTS = (0.23, 0.235, 0.24, 0.245, 0.25, 0.26, 0.28, 0.30, 0.35)
-
-
-def best_at(cands, split: str, cost: float) -> float:
-    """Best accuracy among ``cands`` costing at most ``cost`` on ``split`` (nan: none does)."""
-    reach = [getattr(c, split).accuracy for c in cands if getattr(c, split).cost <= cost]
-    return max(reach) if reach else float("nan")
 
 
 def main() -> None:
@@ -38,9 +34,11 @@ def main() -> None:
     thresholds = run["baselines"]["max_softmax"] + run["baselines"]["entropy"]
     print("| cost at most | calibration: learned | calibration: thresholds | test: learned | test: thresholds |")
     print("|---|---|---|---|---|")
-    for cost in COSTS:
-        row = [100 * best_at(c, split, cost) for split in ("calib", "test") for c in (family, thresholds)]
-        print(f"| {cost} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    # each family's best accuracy at or under each cost, on each split
+    columns = [envelope_at(upper_envelope(points(c, split)), COSTS) for split in ("calib", "test")
+               for c in (family, thresholds)]
+    for cost, *row in zip(COSTS, *columns):
+        print(f"| {cost} | " + " | ".join(f"{100 * v:.2f}" for v in row) + " |")
 
 
 if __name__ == "__main__":
