@@ -42,7 +42,7 @@ from fashion_mnist import (  # noqa: E402
     head_cache_path,
     mean_std,
     run_seed,
-    trained_exits,
+    trained_conv_exits,
 )
 from gallery import add_gallery, selected_exits  # noqa: E402
 
@@ -80,14 +80,13 @@ def cache_path(heads: str, seed: int) -> Path:
 
 
 def trained(stages, splits, heads: str, seed: int):
-    """One head set for one seed, trained (or read from its cache) by fashion_mnist.trained_exits;
+    """One head set for one seed, trained (or read from its cache) by fashion_mnist.trained_conv_exits;
     returns the network and the cache file's contents (raw outputs and training seconds)."""
     path = cache_path(heads, seed)
     cached = path.exists()
     settings = HEADS[heads]
-    net, *_ = trained_exits(stages, list(EXITS), None, splits, seed, settings["head"], HEAD_EPOCHS, path,
-                            temperature=TEMPERATURE, distill=settings["distill"], cascade=settings["cascade"])
-    saved = torch.load(path, weights_only=False)
+    net, saved = trained_conv_exits(stages, list(EXITS), splits, seed, settings["head"], HEAD_EPOCHS, path,
+                                    temperature=TEMPERATURE, distill=settings["distill"], cascade=settings["cascade"])
     if not cached:
         acc = [round(float(a) * 100, 2) for a in saved["test"].correct.float().mean(0)]
         print(f"{heads} seed {seed}: {saved['seconds']:.0f} s, test accuracy per exit {acc}", flush=True)

@@ -262,17 +262,32 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
                   cascade: str = "off"):
     """An ExitNet with trained heads and its cached calibration, test and training outputs.
 
-    Pooled-linear heads train on the cached pooled features (seconds); other heads train
-    through the frozen stages with :func:`leenet.train.train_heads`, as ``leenet run`` does,
-    with ``distill``/``temperature`` and ``cascade`` as there. With ``cache``, trained conv
-    heads (and cascade links) and their outputs are saved there, with the training seconds,
-    and reused when the file exists (head training is most of an SDN run's time).
+    Pooled-linear heads train on the cached pooled features (seconds); other heads as
+    :func:`trained_conv_exits` (through the frozen stages, cached in ``cache``).
+    """
+    if head == "pool":
+        torch.manual_seed(seed)
+        net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head, cascade=cascade)
+        train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
+        return net, *(cached_outputs(net, feats[k]) for k in ("calib", "test", "train"))
+    net, saved = trained_conv_exits(stages, exits, splits, seed, head, head_epochs, cache, distill=distill,
+                                    temperature=temperature, cascade=cascade)
+    return net, saved["calib"], saved["test"], saved["train"]
+
+
+def trained_conv_exits(stages, exits: list[str], splits, seed: int, head: str, head_epochs: int,
+                       cache: Path | None = None, *, distill: float = 0.0, temperature: float = 3.0,
+                       cascade: str = "off") -> tuple[object, dict]:
+    """An ExitNet with trained conv heads, and its outputs: ``{"calib", "test", "train"}`` caches
+    and, when this or an earlier call trained them, ``"seconds"`` and ``"threads"``.
+
+    The heads train through the frozen stages with :func:`leenet.train.train_heads`, as
+    ``leenet run`` does, with ``distill``/``temperature`` and ``cascade`` as there. With
+    ``cache``, the heads (and cascade links) and their outputs are saved there, with the
+    training seconds, and reused when the file exists (head training is most of an SDN run's time).
     """
     torch.manual_seed(seed)
     net = attach_exits(stages, exits, input_shape=(1, 28, 28), num_classes=10, head=head, cascade=cascade)
-    if head == "pool":
-        train_pooled_heads(net, feats["train"][0], feats["train"][2], seed, epochs=head_epochs)
-        return net, *(cached_outputs(net, feats[k]) for k in ("calib", "test", "train"))
     saved = torch.load(cache, weights_only=False) if cache is not None and cache.exists() else {}
     if "exit_state" in saved:  # heads and cascade links
         net.load_state_dict(saved["exit_state"], strict=False)
@@ -291,8 +306,9 @@ def trained_exits(stages, exits: list[str], feats: dict | None, splits, seed: in
     if cache is not None and missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v for k, v in net.state_dict().items() if not k.startswith("stages.")}
-        torch.save({**saved, "heads": net.heads.state_dict(), "exit_state": state}, cache)
-    return net, saved["calib"], saved["test"], saved["train"]
+        saved.update(heads=net.heads.state_dict(), exit_state=state)
+        torch.save(saved, cache)
+    return net, saved
 
 
 def run_seed(net, calib: CachedOutputs, test: CachedOutputs, train: CachedOutputs, seed: int, methods: dict,
