@@ -68,18 +68,22 @@ def test_other_versions_are_refused_in_one_line(tmp_path: Path, tiny_input: torc
     assert "\n" not in str(info.value)
 
 
-def test_the_network_alone_is_enough_to_save_a_registry_backbone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["sdn", "deep"])
+def test_the_network_alone_is_enough_to_save_a_registry_backbone(tmp_path: Path, head: str) -> None:
     torch.manual_seed(0)
     backbone = build_backbone("digits_cnn", num_classes=10, in_channels=1)
     net = attach_exits(backbone, list(get_backbone_info("digits_cnn").default_exits), input_shape=(1, 8, 8),
-                       num_classes=10, head="sdn")
+                       num_classes=10, head=head)
     x = torch.randn(16, 1, 8, 8)
     mix_exits_(net, x, 0.5)
     save_checkpoint(tmp_path / "model.pt", net)
     spec = read_checkpoint(tmp_path / "model.pt")["spec"]
-    assert spec["arch"] == "digits_cnn" and spec["head"] == "sdn" and spec["layouts"] == [["nchw", 0]] * 2
+    assert spec["arch"] == "digits_cnn" and spec["head"] == head and spec["layouts"] == [["nchw", 0]] * 2
     again = load_checkpoint(tmp_path / "model.pt")
+    assert all(type(h) is type(g) and h.kind == head for h, g in zip(again.heads, net.heads))  # same head class
     assert all(torch.equal(a, b) for a, b in zip(net(x), again(x)))
+    before, after = net.eval().forward_all(x), again.eval().forward_all(x)
+    assert torch.equal(before.logits, after.logits) and torch.equal(before.gate_p, after.gate_p)
 
 
 def test_explicit_stages_save_and_load_with_the_same_stages(tmp_path: Path, tiny_input: torch.Tensor) -> None:

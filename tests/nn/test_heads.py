@@ -8,14 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from leenet.backbones.registry import build_backbone, get_backbone_info
-from leenet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from leenet.config import HEAD_KINDS, GateConfig
 from leenet.errors import LeenetError
-from leenet.nn.attach import attach_exits
 from leenet.nn.cost import count_flops
 from leenet.nn.gates import Gate, confidence_features, gate_features, gate_input_dim, make_gates
-from leenet.nn.heads import DeepConvHead, FeatureLayout, global_pool, make_head
+from leenet.nn.heads import FeatureLayout, global_pool, make_head
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -228,17 +225,3 @@ def test_conv_heads_blocks_and_flops_by_hand(kind: str, shape: tuple[int, ...], 
     ins = [shape[0]] + [width] * (len(maps) - 1)
     expected = sum(2 * c * width * 9 * m * m for c, m in zip(ins, maps)) + 2 * 2 * width * 10
     assert count_flops(head, x[:1])[0] == expected
-
-
-def test_deep_heads_survive_a_checkpoint(tmp_path) -> None:
-    torch.manual_seed(0)
-    backbone = build_backbone("digits_cnn", num_classes=10, in_channels=1)
-    net = attach_exits(backbone, list(get_backbone_info("digits_cnn").default_exits), input_shape=(1, 8, 8),
-                       num_classes=10, head="deep").eval()
-    save_checkpoint(tmp_path / "model.pt", net)
-    again = load_checkpoint(tmp_path / "model.pt")
-    assert read_checkpoint(tmp_path / "model.pt")["spec"]["head"] == "deep"
-    assert all(type(h) is DeepConvHead for h in again.heads)
-    x = torch.randn(5, 1, 8, 8, generator=_gen(8))
-    before, after = net.forward_all(x), again.forward_all(x)
-    assert torch.equal(before.logits, after.logits) and torch.equal(before.gate_p, after.gate_p)
