@@ -213,8 +213,8 @@ class PooledLinearHead(nn.Module):
 class ConvHead(nn.Module):
     """SDN-style head: 3×3 conv/BN/ReLU reduction (stride 2 on large maps), avg+max pool, linear.
 
-    Stronger than :class:`PooledLinearHead` on early, low-level features at the price of one
-    convolution; its FLOPs are counted in the exit cost like everything else. Channels-last
+    Stronger than :class:`PooledLinearHead` on early, low-level features at the price of its
+    convolutions, whose FLOPs are counted in the exit cost like everything else. Channels-last
     maps are permuted and patch tokens laid out on their square grid first. ``width``
     channels per block (None: the input channels clamped to [32, 256]); ``strides``, one per
     conv block (None: :meth:`block_strides`).
