@@ -25,7 +25,6 @@ from torch.onnx import symbolic_helper
 
 from leenet.errors import LeenetError, brief
 from leenet.export.metadata import default_preprocessing, load_run
-from leenet.nn.gates import gate_features
 from leenet.nn.model import ExitNet
 from leenet.version import __version__
 from leenet_runtime.manifest import (
@@ -63,19 +62,16 @@ class StageGraph(nn.Module):
 
     def __init__(self, net: ExitNet, index: int, *, head: bool, gate: bool) -> None:
         super().__init__()
+        self.net = net  # its exit_output, final_output and gate_logit: the graph computes what routing does
         self.index = index
-        self.stage = net.stages[index]
-        self.head = net.heads[index] if head else None
-        self.gate = net.gates[index] if gate else None
-        self.gate_config = net.gate_config
+        self.head, self.gate = head, gate  # flags, not modules: the parameters are reached through net alone
         self.reads_history = gate and net.gate_config.history and index > 0
         self.last = index == net.num_exits - 1
-        # linked exits (leenet.nn.combine): a cascade link from the previous head, an ensemble of the heads so far
+        # linked exits (leenet.nn.combine): the earlier heads' own logits in, this head's own out beside
+        # the exit's combined ones (an ensemble); the final graph reads them when the ensemble covers it
         runs_head = net.final_reads_heads if self.last else head
-        self.cascade = net.cascade if head and index > 0 else None
-        self.ensemble = net.ensemble if runs_head else None
         self.reads_raw = net.linked and index > 0 and runs_head
-        self.gives_raw = not self.last and self.ensemble is not None  # else the exit's logits are the head's
+        self.gives_raw = not self.last and head and net.ensemble is not None  # else the exit's logits are the head's
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -86,9 +82,9 @@ class StageGraph(nn.Module):
     def output_names(self) -> tuple[str, ...]:
         if self.last:
             return (LOGITS,)
-        if self.head is None:
+        if not self.head:
             return (FEATURES,)
-        names = (FEATURES, LOGITS, EXIT_PROB) if self.gate is not None else (FEATURES, LOGITS)
+        names = (FEATURES, LOGITS, EXIT_PROB) if self.gate else (FEATURES, LOGITS)
         return (*names, HEAD_LOGITS) if self.gives_raw else names
 
     def forward(self, x: Tensor, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
@@ -100,26 +96,17 @@ class StageGraph(nn.Module):
         """
         feeds = dict(zip(self.input_names[1:], inputs))
         raw = feeds.get(RAW_LOGITS)
-        h = self.stage(x)
+        h = self.net.stages[self.index](x)
         if self.last:
-            if self.ensemble is None:
-                return h
-            return self.ensemble.exit(self.index, torch.cat([raw, h[:, None]], dim=1))
-        if self.head is None:
+            return self.net.final_output(h, raw)
+        if not self.head:
             return h
-        own = self.head(h)
-        if self.cascade is not None:
-            own = self.cascade(self.index, own, raw[:, -1])
-        logits = own
-        if self.ensemble is not None:
-            logits = self.ensemble.exit(self.index, own[:, None] if raw is None else torch.cat([raw, own[:, None]], dim=1))
+        logits, raw = self.net.exit_output(self.index, h, raw)
         outs = (h, logits)
-        if self.gate is not None:
+        if self.gate:
             prev = feeds[PREV_LOGITS] if self.reads_history else logits[:, None, :][:, :0]  # (B, 0, K): unused
-            pooled = self.head.pool(h) if self.gate_config.pooled else None
-            inputs = gate_features(logits, prev, pooled, self.gate_config)
-            outs = (*outs, torch.sigmoid(self.gate.logit(inputs)))
-        return (*outs, own) if self.gives_raw else outs
+            outs = (*outs, torch.sigmoid(self.net.gate_logit(self.index, h, logits, prev)))
+        return (*outs, raw[:, -1]) if self.gives_raw else outs
 
 
 def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
@@ -213,7 +200,8 @@ def _prepare_dir(out: Path) -> Path:
 def _stage_graphs(net: ExitNet) -> list[StageGraph]:
     enabled, needed = net.exit_plan()
     last = net.num_exits - 1
-    return [StageGraph(net, i, head=i < last and needed[i], gate=i < last and enabled[i])
+    # in eval mode: torch.onnx.export restores each graph's mode after exporting it, and they share net
+    return [StageGraph(net, i, head=i < last and needed[i], gate=i < last and enabled[i]).eval()
             for i in range(net.num_exits)]
 
 
@@ -241,8 +229,8 @@ def _export_graphs(net: ExitNet, graphs: list[StageGraph], example: Tensor, out:
             own = outs.get(HEAD_LOGITS, outs[LOGITS])[:, None]
             raw = own if raw is None else torch.cat([raw, own], dim=1)
         entries.append(ExitEntry(
-            name=net.exit_names[i], cost=float(costs[i]), enabled=graph.last or graph.gate is not None,
-            head=graph.last or graph.head is not None, graph=file,
+            name=net.exit_names[i], cost=float(costs[i]), enabled=graph.last or graph.gate,
+            head=graph.last or graph.head, graph=file,
             inputs=graph.input_names, outputs=graph.output_names))
     return entries
 
