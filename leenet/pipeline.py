@@ -134,6 +134,7 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
         caches = cache_stage(net, config, splits, procs, state, log)
     if not procs.is_main:  # gates, evaluation and every file are rank 0's
         return None
+    plain_test = caches["test"]  # the heads' own outputs: the final column is the backbone's
     if config.model.ensemble != "off":
         with timer.phase("ensemble"):
             caches = ensemble_stage(net, caches, config, log)
@@ -147,7 +148,7 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
     with timer.phase("gates"):
         bank = gates_stage(net, caches, config, state)
     results, chosen, thumbnails = _results(net, caches, bank, config, splits, procs.device, timer, log, flops_costs)
-    results.update(describe_run(asked, config.model.arch, splits, net, caches["test"], flops_costs))
+    results.update(describe_run(asked, config.model.arch, splits, net, caches["test"], flops_costs, plain_test))
     results["cost"] = {  # the unit the gates, budgets and every "cost" of this file use, and both figures
         "unit": config.cost, "flops": flops_costs.to_dict(),
         "latency": None if latency is None else latency.to_dict()}

@@ -11,6 +11,7 @@ import torch
 from leenet.checkpoint import VERSION, load_checkpoint
 from leenet.cli import build_parser, main
 from leenet.config import parse_alphas
+from leenet.data import load_dataset
 from leenet.errors import LeenetError
 
 FAST = ["--epochs", "12", "--head-epochs", "5", "--batch-size", "64", "--alphas", "0,0.25,0.5,1", "--gate-steps", "30",
@@ -75,6 +76,17 @@ def test_better_exits_run_end_to_end(tmp_path: Path) -> None:
     assert torch.allclose(logits, every.logits[torch.arange(16), exits], atol=1e-5)
     costs = [e["cost"] for e in results["exits"]]
     assert costs[-1] > 1.0  # the final exit's ensemble reads every head: they are paid for
+    # the backbone's accuracy is the plain backbone's, the final exit's the ensemble's
+    test = load_dataset("digits", calib_size=0.2, seed=0).test
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    labels = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    with torch.no_grad():
+        h = images
+        for stage in net.stages:
+            h = stage(h)
+        final = net.forward_all(images).logits[:, -1]
+    assert results["backbone"]["accuracy"] == pytest.approx(float((h.argmax(1) == labels).float().mean()))
+    assert results["exits"][-1]["accuracy"] == pytest.approx(float((final.argmax(1) == labels).float().mean()))
 
 
 def test_routed_inference_matches_the_simulated_policy(digits_run: Path) -> None:

@@ -115,10 +115,17 @@ def wall_clock(net: ExitNet, test_loader, device: torch.device, flops_cost: floa
 
 
 def describe_run(asked: RunConfig, arch: str, splits: Splits, net: ExitNet, test: CachedOutputs,
-                 flops_costs: CostModel) -> dict:
-    """What the run was: dataset, backbone and exits (costs in the run's unit, FLOPs counted), settings."""
+                 flops_costs: CostModel, plain_test: CachedOutputs | None = None) -> dict:
+    """What the run was: dataset, backbone and exits (costs in the run's unit, FLOPs counted), settings.
+
+    ``test``: the exits' test outputs as the network answers (ensembled, with an ensemble);
+    ``plain_test``: the heads' own, whose final column is the backbone's (default: ``test``).
+    With an ensembled final exit the two differ: the backbone's accuracy is its own, the final
+    exit's the ensemble's.
+    """
     spec = splits.spec
     correct = test.correct.float().mean(0).tolist()
+    backbone_accuracy = float((plain_test or test).correct[:, -1].float().mean())
     flops = float(net.backbone_flops)
     return {
         "leenet_version": __version__,
@@ -126,7 +133,7 @@ def describe_run(asked: RunConfig, arch: str, splits: Splits, net: ExitNet, test
         "dataset_info": {"num_classes": spec.num_classes,
                          "image_shape": [spec.in_channels, spec.image_size, spec.image_size],
                          "num_train": len(splits.train), "num_calib": len(splits.calib), "num_test": len(splits.test)},
-        "backbone": {"name": arch, "accuracy": correct[-1], "flops": int(flops), "macs": int(flops // 2)},
+        "backbone": {"name": arch, "accuracy": backbone_accuracy, "flops": int(flops), "macs": int(flops // 2)},
         "flops_convention": FLOPS_CONVENTION,
         "exits": [{"name": name, "cost": c, "accuracy": acc, "flops": int(round(f * flops))}  # the net cut there
                   for name, c, f, acc in zip(net.exit_names, CostModel.of(net).single_exits().tolist(),
