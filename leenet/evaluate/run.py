@@ -115,17 +115,18 @@ def wall_clock(net: ExitNet, test_loader, device: torch.device, flops_cost: floa
 
 
 def describe_run(asked: RunConfig, arch: str, splits: Splits, net: ExitNet, test: CachedOutputs,
-                 flops_costs: CostModel, plain_test: CachedOutputs | None = None) -> dict:
+                 flops_costs: CostModel, plain_test: CachedOutputs) -> dict:
     """What the run was: dataset, backbone and exits (costs in the run's unit, FLOPs counted), settings.
 
     ``test``: the exits' test outputs as the network answers (ensembled, with an ensemble);
-    ``plain_test``: the heads' own, whose final column is the backbone's (default: ``test``).
+    ``plain_test``: the heads' own, whose final column is the backbone's (the same outputs
+    without an ensemble).
     With an ensembled final exit the two differ: the backbone's accuracy is its own, the final
     exit's the ensemble's.
     """
     spec = splits.spec
     correct = test.correct.float().mean(0).tolist()
-    backbone_accuracy = float((plain_test or test).correct[:, -1].float().mean())
+    backbone_accuracy = float(plain_test.correct[:, -1].float().mean())
     flops = float(net.backbone_flops)
     return {
         "leenet_version": __version__,
