@@ -64,6 +64,8 @@ HEADS = {
     "distill+cascade": dict(head="sdn", distill=0.5, cascade="detach"),
     "deep": dict(head="deep", distill=0.0, cascade="off"),
     "deep+distill+cascade": dict(head="deep", distill=0.5, cascade="detach"),
+    "deep+cascade": dict(head="deep", distill=0.0, cascade="detach"),
+    "deep+cascade-grad": dict(head="deep", distill=0.0, cascade="grad"),
 }
 ENSEMBLES = ("off", "geometric", "linear")
 METHOD = "predict-error train classes"  # the benchmark's reported gate method (chosen there on calibration)
