@@ -39,16 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import better_exits  # noqa: E402
 from fashion_mnist import cached_backbone_stages  # noqa: E402
 
-from leenet.nn.combine import ensemble_for  # noqa: E402
+from leenet.nn.combine import calibration_halves, ensemble_for  # noqa: E402
 from leenet.policy.cache import CachedOutputs  # noqa: E402
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # stacking's L2 strengths, chosen among out of fold
-
-
-def halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The calibration split's two halves, drawn as ``ensemble_for`` draws them."""
-    first, second = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).chunk(2)
-    return first, second
 
 
 def linear_final(raw: torch.Tensor, labels: torch.Tensor):
@@ -85,7 +79,7 @@ def stacking(raw: torch.Tensor, labels: torch.Tensor, lam: float, steps: int = 2
 def judged(fit, calib, test, seed: int) -> tuple[float, float]:
     """(calibration accuracy out of fold, test accuracy) of the combiner ``fit(raw, labels)``."""
     raw, labels = calib.logits, calib.labels
-    first, second = halves(len(labels), seed)
+    first, second = calibration_halves(len(labels), seed)
     right = 0
     for fit_on, judge in ((first, second), (second, first)):
         predict = fit(raw[fit_on], labels[fit_on])

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import final_exit_ceiling as ceiling  # noqa: E402
 
+from leenet.nn.combine import calibration_halves  # noqa: E402
 from leenet.policy.cache import CachedOutputs  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def test_out_of_fold_judgement_matches_a_slow_reference():
         return lambda r: torch.tensor([table.get(tuple(x.flatten().tolist()), 0) for x in r])
 
     oof, on_test = ceiling.judged(fit, calib, test, seed=5)
-    first, second = ceiling.halves(len(calib.labels), 5)
+    first, second = calibration_halves(len(calib.labels), 5)
     assert sorted(torch.cat([first, second]).tolist()) == list(range(301))  # the halves cover calibration once
     right = 0
     for fit_on, judge in ((first, second), (second, first)):

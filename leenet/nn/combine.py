@@ -147,6 +147,13 @@ def make_cascade(kind: str, num_heads: int, num_classes: int) -> Cascade | None:
     return None if kind == "off" or num_heads < 2 else Cascade(num_heads, num_classes, detach=kind == "detach")
 
 
+def calibration_halves(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Two disjoint halves of ``range(n)`` drawn with ``seed``: what :func:`ensemble_for`
+    fits on and judges on, each in turn, to decide on the final exit out of fold."""
+    first, second = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).chunk(2)
+    return first, second
+
+
 def ensemble_for(raw: Tensor, labels: Tensor, kind: str, final: bool | None = None, *, seed: int = 0,
                  **fit_options) -> ExitEnsemble:
     """An :class:`ExitEnsemble` of ``kind`` fit on (raw, labels), the calibration split's raw logits.
@@ -158,10 +165,9 @@ def ensemble_for(raw: Tensor, labels: Tensor, kind: str, final: bool | None = No
     """
     exits, classes = raw.shape[1], raw.shape[2]
     if final is None:
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-        halves = order.chunk(2)
+        first, second = calibration_halves(len(labels), seed)
         right_ens = right_backbone = 0
-        for fit_on, judge in ((halves[0], halves[1]), (halves[1], halves[0])):
+        for fit_on, judge in ((first, second), (second, first)):
             trial = fit_ensemble(ExitEnsemble(exits, classes, kind, final=True), raw[fit_on], labels[fit_on],
                                  **fit_options)
             with torch.no_grad():
