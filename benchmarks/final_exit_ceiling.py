@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import better_exits  # noqa: E402
 from fashion_mnist import cached_backbone_stages  # noqa: E402
 
-from leenet.nn.combine import calibration_halves, ensemble_for  # noqa: E402
+from leenet.nn.combine import ensemble_for, out_of_fold_accuracy  # noqa: E402
 from leenet.policy.cache import CachedOutputs  # noqa: E402
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # stacking's L2 strengths, chosen among out of fold
@@ -78,14 +78,9 @@ def stacking(raw: torch.Tensor, labels: torch.Tensor, lam: float, steps: int = 2
 
 def judged(fit, calib, test, seed: int) -> tuple[float, float]:
     """(calibration accuracy out of fold, test accuracy) of the combiner ``fit(raw, labels)``."""
-    raw, labels = calib.logits, calib.labels
-    first, second = calibration_halves(len(labels), seed)
-    right = 0
-    for fit_on, judge in ((first, second), (second, first)):
-        predict = fit(raw[fit_on], labels[fit_on])
-        right += int((predict(raw[judge]) == labels[judge]).sum())
-    predict = fit(raw, labels)
-    return right / len(labels), float((predict(test.logits) == test.labels).float().mean())
+    predict = fit(calib.logits, calib.labels)
+    return (out_of_fold_accuracy(fit, calib.logits, calib.labels, seed),
+            float((predict(test.logits) == test.labels).float().mean()))
 
 
 def study(stages, splits, heads: str, seeds: list[int]) -> list[tuple[str, float, float, float]]:

@@ -18,6 +18,8 @@ and the gates, thresholds, costs and routing all see the combined outputs ``z``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -148,10 +150,23 @@ def make_cascade(kind: str, num_heads: int, num_classes: int) -> Cascade | None:
 
 
 def calibration_halves(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Two disjoint halves of ``range(n)`` drawn with ``seed``: what :func:`ensemble_for`
-    fits on and judges on, each in turn, to decide on the final exit out of fold."""
+    """Two disjoint halves of ``range(n)`` drawn with ``seed``: what :func:`out_of_fold_accuracy`
+    fits on and judges on, each in turn."""
     first, second = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).chunk(2)
     return first, second
+
+
+def out_of_fold_accuracy(fit: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]], raw: Tensor, labels: Tensor,
+                         seed: int) -> float:
+    """Accuracy of the combiner ``fit(raw, labels) -> predict(raw) -> (N,) classes`` on (raw, labels),
+    out of fold: each of the :func:`calibration_halves` scored by a fit on the other."""
+    first, second = calibration_halves(len(labels), seed)
+    right = 0
+    for fit_on, judge in ((first, second), (second, first)):
+        predict = fit(raw[fit_on], labels[fit_on])
+        with torch.no_grad():
+            right += int((predict(raw[judge]) == labels[judge]).sum())
+    return right / len(labels)
 
 
 def ensemble_for(raw: Tensor, labels: Tensor, kind: str, final: bool | None = None, *, seed: int = 0,
@@ -165,14 +180,10 @@ def ensemble_for(raw: Tensor, labels: Tensor, kind: str, final: bool | None = No
     """
     exits, classes = raw.shape[1], raw.shape[2]
     if final is None:
-        first, second = calibration_halves(len(labels), seed)
-        right_ens = right_backbone = 0
-        for fit_on, judge in ((first, second), (second, first)):
-            trial = fit_ensemble(ExitEnsemble(exits, classes, kind, final=True), raw[fit_on], labels[fit_on],
-                                 **fit_options)
-            with torch.no_grad():
-                final_out = trial.exit(exits - 1, raw[judge])
-            right_ens += int((final_out.argmax(-1) == labels[judge]).sum())
-            right_backbone += int((raw[judge, -1].argmax(-1) == labels[judge]).sum())
-        final = right_ens > right_backbone
+        def fit_final(r: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+            trial = fit_ensemble(ExitEnsemble(exits, classes, kind, final=True), r, y, **fit_options)
+            return lambda x: trial.exit(exits - 1, x).argmax(-1)
+
+        backbone = float((raw[:, -1].argmax(-1) == labels).sum()) / len(labels)  # the halves cover every sample
+        final = out_of_fold_accuracy(fit_final, raw, labels, seed) > backbone
     return fit_ensemble(ExitEnsemble(exits, classes, kind, final=final), raw, labels, **fit_options)
