@@ -11,15 +11,17 @@
 """
 
 from leenet_runtime.manifest import ExportError, Manifest, Preprocessing, read_manifest
-from leenet_runtime.runner import ExitRunner, default_providers
+from leenet_runtime.runner import Carry, ExitRunner, StepResult, default_providers
 
 __version__ = "0.1.0"
 
 __all__ = [
+           "Carry",
            "ExitRunner",
            "ExportError",
            "Manifest",
            "Preprocessing",
+           "StepResult",
            "__version__",
            "default_providers",
            "read_manifest",
