@@ -26,7 +26,8 @@ from leenet.data import TensorImageDataset
 from leenet.export import export_onnx
 from leenet.predict import predict_files
 from leenet_runtime import ExitRunner, ExportError
-from leenet_runtime.predict import RECORD_KEYS, main
+from leenet_runtime.cli import main
+from leenet_runtime.predict import RECORD_KEYS
 
 from conftest import mix_exits_, randomize_batchnorm_
 
