@@ -150,7 +150,10 @@ def open_image(source: str | Path | BinaryIO, *, max_pixels: int | None = None) 
                               "send a smaller image")
         img.load()
         return img
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        raise ExportError(f"image {name} has more pixels than the limit of {max_pixels or Image.MAX_IMAGE_PIXELS} "
+                          "(a decompression bomb?): send a smaller image") from None
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as exc:
         reason = ("not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError)
                   else " ".join(str(exc).split()) or type(exc).__name__)
         raise ExportError(f"cannot read image {name} ({reason}): pass a PNG or JPEG file") from None
