@@ -17,7 +17,7 @@ does, and caches the heads and every split's raw exit outputs next to the backbo
 the calibration split, then the benchmark's gate method with its budgets, and the confidence
 thresholds, on each set of exits; it writes one results.json (and report) per configuration
 under ``benchmarks/results/better_exits/`` with ``goals.json`` (the issue's goals); ``table``
-gathers them into ``summary.json`` and prints the table docs/benchmark.md shows.
+gathers them into ``summary.json`` and prints the table docs/benchmarks/better-exits.md shows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Markdown tables from a benchmark's ``results.json`` (what docs/benchmark.md and the README quote).
+"""Markdown tables from a benchmark's ``results.json`` (what the pages under docs/benchmarks/ quote).
 
 ``python benchmarks/tables.py benchmarks/results/fashion_mnist_sdn/results.json`` prints the
 per-exit accuracies, the operating points of LEENet and both threshold baselines, the issue's
