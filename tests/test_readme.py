@@ -194,3 +194,9 @@ def test_bring_your_own_model_example_runs(tmp_path, monkeypatch) -> None:
     exec(compile(_guide_python("your-model.md"), "your-model.md", "exec"), scope)
     assert (tmp_path / "vit.pt").is_file() and scope["net"].num_exits == 4
 
+
+
+def test_readme_stays_short() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines: move detail into docs/ and link it"
+    assert not re.search(r"\b[Ii]ssue \d+", README.read_text()), "the README speaks to users: no issue numbers"
