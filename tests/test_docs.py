@@ -87,3 +87,13 @@ def test_cli_reference_covers_every_command_and_option() -> None:
                     continue
                 for option in action.option_strings:
                     assert f"`{option}`" in page, f"{sub.prog} {option}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "benchmarks/README.md"])
+def test_links_outside_the_site_resolve(page: str) -> None:
+    """mkdocs checks the site's links; these two pages are read on the repository instead."""
+    path = ROOT / page
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text())
+    assert targets, page
+    broken = [t for t in targets if "://" not in t and not (path.parent / t).exists()]
+    assert not broken, f"{page}: links to missing files {broken}"
