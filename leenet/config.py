@@ -25,7 +25,7 @@ TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none 
 # Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
 # figure scatters around the calibration one by about sqrt(2) of them (two samples of the same
 # size), so 1.5 is about one standard error of that difference: a setting right at the budget
-# still holds on test most of the time (benchmarks/budget_hold.py; the figures are in docs/benchmark.md).
+# still holds on test most of the time (benchmarks/budget_hold.py; the figures are in docs/benchmarks/budgets.md).
 BUDGET_MARGIN = 1.5
 MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
 MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)

@@ -1,7 +1,7 @@
 """Per-dataset defaults, and the one place a run's unset (None) settings are filled in.
 
 Chosen by measurement (benchmarks/objective_forms.py on digits, benchmarks/fashion_mnist.py;
-docs/benchmark.md): with digits' 287 calibration images the hard-target gates on confidence
+docs/benchmarks/): with digits' 287 calibration images the hard-target gates on confidence
 features win; with 10k calibration images gates that predict their exit's correctness win,
 helped by pooled features behind weak pooled-linear heads but not behind SDN heads.
 """
@@ -34,7 +34,7 @@ class DatasetDefaults:
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
 _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
-    # 8x8 digit maps lose their shape when pooled: flatten heads see it (measured in docs/benchmark.md).
+    # 8x8 digit maps lose their shape when pooled: flatten heads see it (measured in docs/benchmarks/).
     "digits": DatasetDefaults("digits_cnn", 40, 0.05, "fp32", 30, "flatten", **_SMALL_CALIB),
     # The benchmark's recipe (benchmarks/fmnist_backbone.py). Deep heads (benchmarks/better_exits.py:
     # +0.43 pt at half the FLOPs, 0.338 instead of 0.486 of the cost within 0.5 pt, on calibration).

@@ -120,6 +120,8 @@ BACKBONES: dict[str, BackboneInfo] = _registry(
         description="DenseNet-121, 3x3 stride-1 stem, no max-pool, for 32 px, 0.89 G MACs",
     ),
 )
+"""The registered backbones by name: builder, default exits, input size and description
+(``leenet backbones`` lists them; ``tv:``, ``timm:`` and ``module:factory`` names need no entry)."""
 
 
 def backbone_names() -> list[str]:

@@ -14,6 +14,7 @@ from leenet_runtime.manifest import ExportError, Manifest, Preprocessing, read_m
 from leenet_runtime.runner import Carry, ExitRunner, StepResult, default_providers
 
 __version__ = "0.1.0"
+"""leenet-runtime's version (PEP 440)."""
 
 __all__ = [
            "Carry",
