@@ -35,10 +35,16 @@ class Result:
     def summary(self) -> dict:
         ok = self.status // 100 == 2
         lat = self.latency_s
-        pct = {f"p{q}_ms": _ms(np.percentile(lat, q)) for q in (50, 95, 99)}
+        pct = {f"p{q}_ms": _ms(percentile(lat, q)) for q in (50, 95, 99)}
         return {"offered_rps": round(self.rate, 2), "sent": self.sent, "ok": int(ok.sum()),
                 "rejected_503": int((self.status == 503).sum()), "failed": int((~ok).sum()),
                 "achieved_rps": round(float(ok.sum() / self.seconds), 2) if self.seconds > 0 else 0.0, **pct}
+
+
+def percentile(latency_s: np.ndarray, q: float) -> float:
+    """The q-th percentile of latencies, an unanswered request (inf) counting as later than any other."""
+    value = float(np.percentile(np.minimum(latency_s, 1e9), q, method="higher"))
+    return np.inf if value >= 1e9 else value
 
 
 def _ms(seconds: float) -> float | None:
@@ -180,7 +186,7 @@ def max_rate_under(results: Sequence[Result], p99_slo_s: float) -> float:
     """
     best = 0.0
     for r in sorted(results, key=lambda r: r.rate):
-        if np.percentile(r.latency_s, 99) > p99_slo_s:
+        if percentile(r.latency_s, 99) > p99_slo_s:
             break
         best = r.rate
     return best

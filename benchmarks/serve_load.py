@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import matplotlib
 import torch
-from loadgen import Result, closed_loop, max_rate_under, open_loop, sequential
+from loadgen import Result, closed_loop, max_rate_under, open_loop, percentile, sequential
 from PIL import Image
 
 matplotlib.use("Agg")
@@ -167,7 +167,7 @@ def run_row(row: str, exports, bodies, cpu: int, port: int, args, slo_s: float |
                           content_type=server.kind, seed=len(ladder))
             ladder.append(r)
             print(f"  {row}: {r.summary()}", flush=True)
-            fails += np.percentile(r.latency_s, 99) > slo
+            fails += percentile(r.latency_s, 99) > slo
             rate *= 1.2
             time.sleep(1.0)  # let the queues drain
         half_rate = half_rate if half_rate is not None else max_rate_under(ladder, slo) / 2  # the backbone's own
