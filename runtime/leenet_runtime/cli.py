@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from leenet_runtime.manifest import ExportError
@@ -47,6 +50,9 @@ def add_serve_arguments(cmd: argparse.ArgumentParser) -> None:
                      "cores you give each worker)")
     cmd.add_argument("--workers", type=int, default=1,
                      help="server processes, each with its own model and queues (default 1)")
+    cmd.add_argument("--ray-replicas", type=int, default=0,
+                     help="serve N replicas on Ray Serve (a local Ray instance, its HTTP proxy on --host:--port) "
+                     "instead of uvicorn; needs leenet-runtime[ray] (default 0: off)")
     cmd.add_argument("--audit-rate", type=float, default=0.0,
                      help="share of answered images also run to the final exit after answering; /v1/status and "
                      "/metrics give how often the answering exit agreed with it (default 0: off)")
@@ -97,8 +103,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args, ServeConfig)
         runner = ExitRunner(config.export_dir, providers=config.providers, threads=config.threads, spin=False)
-        if args.workers < 1:
-            raise ExportError(f"--workers must be at least 1, got {args.workers}")
+        if args.workers < 1 or args.ray_replicas < 0 or (args.ray_replicas and args.workers > 1):
+            raise ExportError(f"--workers must be at least 1 and --ray-replicas at least 0, not both (got "
+                              f"{args.workers}, {args.ray_replicas})")
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -107,6 +114,8 @@ def serve(args: argparse.Namespace) -> int:
     print(f"serving {config.name} ({len(runner.exit_names)} exits, {config.batching.mode} batching) at "
           f"http://{shown}:{port}  (POST /v1/classify, /v2/models/{config.name}/infer; GET /metrics, /v1/status)",
           flush=True)
+    if args.ray_replicas:
+        return _serve_on_ray(config, args.host, port, args.ray_replicas)
     if args.workers == 1:
         uvicorn.run(create_app(config, runner), host=args.host, port=port, log_level=args.log_level)
     else:
@@ -114,6 +123,43 @@ def serve(args: argparse.Namespace) -> int:
         uvicorn.run("leenet_runtime.app:app_from_env", factory=True, host=args.host, port=port,
                     workers=args.workers, log_level=args.log_level)
     return 0
+
+
+def _serve_on_ray(config, host: str, port: int, replicas: int) -> int:
+    """``replicas`` copies of the app on a local Ray Serve, until SIGINT or SIGTERM."""
+    try:
+        import ray
+        from ray import serve as ray_serve
+
+        from leenet_runtime.ray_serve import application
+    except ImportError as exc:
+        print(f"error: --ray-replicas needs the ray extra ({exc.name} is missing): pip install 'leenet-runtime[ray]'",
+              file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ray.init(include_dashboard=False, log_to_driver=False, **({"_node_ip_address": host} if host in
+                                                              ("127.0.0.1", "localhost") else {}))
+    try:
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(application(config, replicas=replicas, cpus_per_replica=float(config.threads or 1)),
+                      route_prefix="/")
+        deadline = time.monotonic() + 300
+        while _ray_running(ray_serve) < replicas and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.5)
+        print(f"{_ray_running(ray_serve)} of {replicas} Ray Serve replicas running", flush=True)
+        stop.wait()
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _ray_running(ray_serve) -> int:
+    """Replicas of the LEENet deployment that are running."""
+    app = ray_serve.status().applications.get("default")
+    return 0 if app is None else app.deployments["leenet"].replica_states.get("RUNNING", 0)
 
 
 def serve_config(args: argparse.Namespace, kind):

@@ -171,3 +171,27 @@ def test_a_bad_export_is_one_line_and_status_2(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "manifest.json not found" in done.stderr
+
+
+def test_two_ray_serve_replicas(export) -> None:
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    runner, x = ExitRunner(export, threads=1), images(3, seed=14)
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with serving(export, "--ray-replicas", "2", timeout=240) as (url, process):
+        for _ in range(6):
+            out = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=60).json()["outputs"]
+            assert_same_answers(runner, x, np.asarray(out[0]["data"], np.float32).reshape(3, 5),
+                                np.asarray(out[1]["data"]), *runner(x))
+        import ray
+        ray.init(address="auto", include_dashboard=False, log_to_driver=False)  # this machine's Ray instance
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                states = serve.status().applications["default"].deployments["leenet"].replica_states
+                if states == {"RUNNING": 2} or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+    assert states == {"RUNNING": 2}
