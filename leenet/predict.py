@@ -36,7 +36,7 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         paths: image files, or directories whose image files are read in name order.
         engine: ``"torch"`` routes with :class:`~leenet.ExitNet`; ``"onnx"`` with
             :class:`leenet_runtime.ExitRunner` (CUDA if onnxruntime has it, else CPU; on the
-            CPU with ``torch.get_num_threads()`` threads, like the torch engine).
+            CPU with as many threads as the torch engine, without loading torch).
         batch_size: images routed together.
         value_max: file value of full brightness (default: the files' bit depth's, 255 for 8-bit,
             which maps onto the training images' range, e.g. 0..16 for digits).
@@ -71,14 +71,16 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         raise LeenetError(str(exc)) from None
 
 
-def _cpu_threads() -> int:
-    """Threads for onnxruntime on the CPU: as many as torch uses (onnxruntime's default, every core,
-    spins and runs several times slower on a shared machine); the onnx engine does not load torch,
-    so torch's own count only where the caller already has (it follows ``torch.set_num_threads``)."""
+def _cpu_threads() -> int | None:
+    """Threads for onnxruntime on the CPU: as many as torch uses, the onnx engine without loading it.
+
+    Torch's count where the caller has torch (it follows ``torch.set_num_threads``), else
+    ``OMP_NUM_THREADS`` (onnxruntime's default, every core, spins and runs several times slower
+    on a shared machine), else None: onnxruntime's default, one per physical core like torch's.
+    """
     if "torch" in sys.modules:
         return sys.modules["torch"].get_num_threads()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux: this process's
-    return int(os.environ.get("OMP_NUM_THREADS") or 0) or usable or 1
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or None
 
 
 def _predict_torch(path: Path, paths: Sequence[str | Path], *, batch_size: int, value_max: float | None,
