@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
+from leenet.catalog import find_dataset
 from leenet.errors import LeenetError
 
 # The choices each setting takes (the CLI's `choices=` read these).
@@ -20,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COST_UNITS = ("flops", "latency")  # what an exit's cost counts
 CASCADE_KINDS = ("off", "detach", "grad")  # head i also reads head i-1's logits, see leenet.nn.combine
 ENSEMBLE_KINDS = ("off", "geometric", "linear")  # exit i combines heads 0..i, see leenet.nn.combine
+ENGINES = ("torch", "onnx")  # what `leenet predict` routes with, see leenet.predict
 
 TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
 # Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
@@ -157,6 +159,7 @@ class DataConfig:
     batch_size: int = 128  # training and evaluation batch size
 
     def __post_init__(self) -> None:
+        find_dataset(self.dataset)  # an unknown name fails here, before any data or torch is loaded
         size = self.calib_size
         if not (0 < size < 1 or (math.isfinite(size) and size >= 1 and size == int(size))):  # also NaN, inf
             raise LeenetError(f"--calib-size must be a fraction in (0, 1) or a whole number of images >= 1, got {size}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from leenet.backbones.registry import get_backbone_info
 from leenet.config import GateConfig, GateTrainConfig, RunConfig
 
 
@@ -73,6 +72,10 @@ def resolve(config: RunConfig) -> RunConfig:
     The backbone is trained for the dataset's epochs without weights or with ``--transfer``,
     and kept as it is (0 epochs) with weights; exits default to the backbone's own.
     """
+    # The registry (torch, torchvision) only to fill in exits: the command line builds and checks a
+    # config before it loads them.
+    from leenet.backbones.registry import get_backbone_info
+
     d = dataset_defaults(config.data.dataset)
     model, train = config.model, config.train
     arch = model.arch or d.arch
