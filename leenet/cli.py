@@ -249,10 +249,17 @@ def _add_predict(sub) -> None:
     q.set_defaults(handler=_predict)
 
 
+def _add_serve(sub) -> None:
+    # A listing only: main() hands `leenet serve ...` to leenet_runtime's own parser, so the two
+    # commands cannot drift and parsing here loads nothing.
+    sub.add_parser("serve", help="serve an export over HTTP, batching built for exits (= leenet-runtime serve; "
+                   "see `leenet serve --help`)", add_help=False)
+
+
 # Each adds one or two subcommands, in the order `leenet --help` lists them, and sets ``handler``
 # to the function that carries the command out.
 COMMANDS: tuple[Callable[..., None], ...] = (
-    _add_run, _add_listings, _add_exits, _add_report, _add_export, _add_predict,
+    _add_run, _add_listings, _add_exits, _add_report, _add_export, _add_predict, _add_serve,
 )
 
 
@@ -422,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leenet` console script; returns the exit status."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from leenet_runtime.cli import main as runtime_main
+
+        return runtime_main(argv, prog="leenet")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -65,8 +65,9 @@ def add_serve_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leenet-runtime", description="Run an exported LEENet (no torch).")
+def build_parser(prog: str = "leenet-runtime") -> argparse.ArgumentParser:
+    """The ``leenet-runtime`` argument parser (``prog`` names the command in messages: ``leenet`` for ``leenet serve``)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Run an exported LEENet (no torch).")
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("predict", help="classify image files; one line per image")
     cmd.add_argument("export_dir", help="directory written by `leenet export`")
@@ -199,12 +200,12 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "leenet-runtime") -> int:
     """``leenet-runtime predict EXPORT_DIR IMAGE_OR_DIR...`` or ``leenet-runtime serve EXPORT_DIR``.
 
     Returns 0; for predict 1 if some files could not be read; 2 for a bad export or argument.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     return serve(args) if args.command == "serve" else _predict(args)
 
 

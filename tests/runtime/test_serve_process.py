@@ -195,3 +195,14 @@ def test_two_ray_serve_replicas(export) -> None:
         finally:
             ray.shutdown()
     assert states == {"RUNNING": 2}
+
+
+def test_leenet_serve_is_leenet_runtime_serve(capsys, tmp_path) -> None:
+    from leenet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: leenet serve") and "--batching" in text and "--audit-rate" in text
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "manifest.json not found" in capsys.readouterr().err
