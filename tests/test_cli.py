@@ -49,7 +49,8 @@ def test_results_schema(digits_run: Path) -> None:
     assert {"backbone", "heads", "gates", "evaluate"} <= results["timings"].keys()
     assert "multiply-adds" in results["flops_convention"]
     # the settings the run resolved where it used a dataset default (FAST sets 12 epochs and 5 head epochs)
-    assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False}
+    assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False,
+                                              "mode": "frozen"}
     assert results["heads"] == {"kind": "flatten", "epochs": 5, "lr": 2e-3, "distill": 0.0, "distill_temperature": 3.0,
                                 "cascade": "off", "ensemble": "off"}  # no ensemble_final: None is left out
 
