@@ -1,9 +1,11 @@
 """Fine-tuning the backbone once its exits are fitted (``--backbone-training finetune`` or ``joint``).
 
 ``joint`` trains the backbone together with its exit heads on a weighted sum of the exits'
-losses: the early exits' weights ramp up linearly as in SDN (Kaya et al., 2019), the final exit
-weighs 1 throughout, the early exits may distill the final exit's softened logits, the backbone
-learns at a fraction of the heads' learning rate, and BatchNorm is in train mode. ``finetune``
+losses: the early exits' weights ramp up linearly as in SDN (Kaya et al., 2019) and the final exit
+weighs 1 throughout, or (``equilibrium``) every exit weighs 1 and each stage receives the mean of
+the gradients of the exits at and after it instead of their sum, IMTA's gradient equilibrium (Li et
+al., 2019). The early exits may distill the final exit's softened logits, the backbone learns at a
+fraction of the heads' learning rate, and BatchNorm is in train mode. ``finetune``
 is the fair control: the same backbone, epochs, optimizer, learning rate, augmentation and seeds
 on the final exit's loss alone (the heads are fitted frozen on it afterwards), so that a gain of
 ``joint`` is not just more training. Either way the calibration split decides which epoch is
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from leenet.config import JOINT_WEIGHTINGS
 from leenet.distributed import Processes, broadcast, sum_over_ranks, sync_from_main
 from leenet.errors import LeenetError
 from leenet.nn.model import ExitNet
@@ -65,6 +68,24 @@ def weighted_exit_loss(logits: Tensor, y: Tensor, weights: Tensor, distill: floa
     return (weights.to(early.dtype) * torch.cat([early, final])).sum()
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """The identity forward; the gradient multiplied by ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale`` on the way back."""
+    return _ScaleGradient.apply(x, scale)
+
+
 @dataclass(frozen=True)
 class EpochChoice:
     """The fine-tune epoch kept (0: the network before the fine-tune) and why, in one line."""
@@ -108,12 +129,14 @@ class _ExitLosses(nn.Module):
     """The stages, and for a joint fine-tune the heads and cascade links, as one module (what
     DistributedDataParallel wraps): the weighted exits' loss and each exit's right answers."""
 
-    def __init__(self, net: ExitNet, joint: bool, distill: float, temperature: float) -> None:
+    def __init__(self, net: ExitNet, joint: bool, distill: float, temperature: float,
+                 equilibrium: bool = False) -> None:
         super().__init__()
         self.stages = net.stages
         self.heads = net.heads if joint else None
         self.cascade = net.cascade if joint else None
         self.distill, self.temperature = float(distill), float(temperature)
+        self.equilibrium = equilibrium and joint
 
     @property
     def num_exits(self) -> int:
@@ -121,14 +144,26 @@ class _ExitLosses(nn.Module):
         return len(self.stages) if self.heads is not None else 1
 
     def exit_logits(self, x: Tensor) -> Tensor:
-        """(B, E', C) the trained exits' logits, the final exit's last."""
+        """(B, E', C) the trained exits' logits, the final exit's last. With gradient equilibrium
+        stage ``i``'s output passes back the mean of the gradients of the ``E - i`` exits from
+        ``i`` on: their sum is divided by ``E - i`` there, and the deeper exits' mean, arriving
+        from stage ``i + 1``, is multiplied back into a sum first (IMTA's rescaling)."""
         logits, h = [], x
         for i, stage in enumerate(self.stages):
             h = stage(h)
             if self.heads is not None and i < len(self.heads):
+                later = len(self.stages) - i  # exits from this one on
+                if self.equilibrium:
+                    h = scale_gradient(h, 1.0 / later)
                 out = self.heads[i](h)
                 logits.append(out if self.cascade is None else self.cascade(i, out, logits[-1] if logits else None))
+                if self.equilibrium:
+                    h = scale_gradient(h, later - 1.0)
         return torch.stack([*logits, h], 1)
+
+    def weights(self, progress: float) -> Tensor:
+        """(E',) the exits' loss weights ``progress`` of the way through: every exit 1 with gradient equilibrium."""
+        return torch.ones(self.num_exits) if self.equilibrium else ramp_weights(progress, self.num_exits)
 
     def forward(self, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.exit_logits(x).float()
@@ -159,7 +194,7 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 def finetune_backbone(
     net: ExitNet, batches: Batches, calib: Batches, *, steps_per_epoch: int, epochs: int, joint: bool,
     lr: float = 2e-3, backbone_lr_scale: float = 0.1, distill: float = 0.0, temperature: float = 3.0,
-    device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
+    weighting: str = "ramp", device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
     checkpoint: EpochCheckpoint | None = None, procs: Processes | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -174,6 +209,8 @@ def finetune_backbone(
         net: the network; with ``joint`` its heads already fitted on the frozen backbone.
         batches, steps_per_epoch, checkpoint, procs, log: as in :func:`leenet.train.train_heads`.
         distill: the early exits' weight on the final exit's softened logits (joint only).
+        weighting: joint only: ``"ramp"`` (:func:`ramp_weights`) or ``"equilibrium"`` (every exit
+            weighs 1, IMTA's gradient equilibrium: see ``_ExitLosses.exit_logits``).
         precision: ``"fp32"`` or ``"bf16"`` (autocast), already resolved.
 
     Returns:
@@ -182,7 +219,9 @@ def finetune_backbone(
     """
     if epochs < 1:
         raise LeenetError(f"a fine-tune needs at least one epoch, got {epochs}")
-    model = _ExitLosses(net, joint, distill if joint else 0.0, temperature)
+    if weighting not in JOINT_WEIGHTINGS:
+        raise LeenetError(f"unknown weighting '{weighting}' (valid: {', '.join(JOINT_WEIGHTINGS)})")
+    model = _ExitLosses(net, joint, distill if joint else 0.0, temperature, equilibrium=weighting == "equilibrium")
     model.requires_grad_(True)
     groups = [{"params": list(net.stages.parameters()), "lr": lr * backbone_lr_scale}]
     if joint:
@@ -216,7 +255,8 @@ def finetune_backbone(
     if log is not None and procs.is_main:
         log(f"{name}: {choice.message}")
     return {"mode": name, "epochs": epochs, "backbone_lr": lr * backbone_lr_scale, "head_lr": lr if joint else None,
-            "distill": model.distill if joint else None, "chosen_epoch": choice.epoch, "fell_back": choice.fell_back,
+            "distill": model.distill if joint else None, "weighting": weighting if joint else None,
+            "chosen_epoch": choice.epoch, "fell_back": choice.fell_back,
             "message": choice.message, "final_accuracy": [row[-1] for row in run.calib],
             "early_accuracy": [row[:-1] for row in run.calib] if joint else None, "train_loss": list(run.history)}
 
@@ -262,7 +302,7 @@ def _epoch(model: nn.Module, batches, optimizer, schedule, device: torch.device 
     loss_sum, count, seen, hits = 0.0, 0, 0, torch.zeros(inner.num_exits, dtype=torch.float64)
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        weights = ramp_weights((step + count) / max(1, total - 1), inner.num_exits).to(x.device)
+        weights = inner.weights((step + count) / max(1, total - 1)).to(x.device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed):
             loss, right = model(x, y, weights)
         _check_loss(loss, "fine-tune")

@@ -163,7 +163,7 @@ def finetune_stage(net: ExitNet, config: RunConfig, splits: Splits, procs: Proce
     record = finetune_backbone(
         net, lambda: iter(loader), lambda: iter(eval_loader(config, splits.calib)), steps_per_epoch=len(loader),
         epochs=epochs, joint=joint, lr=train.head_lr, backbone_lr_scale=train.backbone_lr_scale,
-        distill=train.distill, temperature=train.distill_temperature, device=device,
+        distill=train.distill, temperature=train.distill_temperature, weighting=train.joint_weighting, device=device,
         precision=resolve_precision(train.precision, device.type), progress=config.progress, procs=procs, log=log,
         checkpoint=EpochCheckpoint(state, "finetune-epoch", loader, epochs))
     state.save("finetune", {**{key: None if m is None else m.state_dict() for key, m in parts.items()},

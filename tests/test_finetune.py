@@ -32,6 +32,7 @@ from leenet.finetune import (
     FINAL_EXIT_TOLERANCE,
     RAMP_DEPTH,
     RAMP_START,
+    _ExitLosses,
     choose_epoch,
     finetune_backbone,
     ramp_weights,
@@ -119,8 +120,10 @@ def _random_batches(shape: tuple[int, ...], classes: int, n: int = 4, seed: int 
 
 @pytest.mark.parametrize("arch", ["digits_cnn", "conftest:TinyCNN",
                                   pytest.param("tv:mobilenet_v3_small", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("joint", [True, False], ids=["joint", "finetune"])
-def test_finetune_trains_what_its_mode_says_and_ends_frozen_in_the_kept_epoch(arch: str, joint: bool) -> None:
+@pytest.mark.parametrize(("joint", "weighting"), [(True, "ramp"), (True, "equilibrium"), (False, "ramp")],
+                         ids=["joint", "joint-equilibrium", "finetune"])
+def test_finetune_trains_what_its_mode_says_and_ends_frozen_in_the_kept_epoch(arch: str, joint: bool,
+                                                                              weighting: str) -> None:
     shape = {"digits_cnn": (1, 8, 8), "conftest:TinyCNN": INPUT_SHAPE}.get(arch, (3, 32, 32))
     torch.manual_seed(0)
     backbone = build_backbone(arch, num_classes=NUM_CLASSES, in_channels=shape[0], image_size=shape[-1])
@@ -130,8 +133,10 @@ def test_finetune_trains_what_its_mode_says_and_ends_frozen_in_the_kept_epoch(ar
     train_heads(net, batches, steps_per_epoch=4, epochs=1, progress=False)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     record = finetune_backbone(net, batches, _random_batches(shape, NUM_CLASSES, seed=1), steps_per_epoch=4,
-                               epochs=2, joint=joint, lr=1e-2, backbone_lr_scale=0.5, progress=False)
+                               epochs=2, joint=joint, lr=1e-2, backbone_lr_scale=0.5, weighting=weighting,
+                               progress=False)
     assert record["mode"] == ("joint" if joint else "finetune") and len(record["final_accuracy"]) == 3
+    assert record["weighting"] == (weighting if joint else None)
     assert (record["early_accuracy"] is not None) == joint
 
     def moved(prefix: str) -> bool:
@@ -224,3 +229,30 @@ def test_the_mode_is_validated_in_one_line() -> None:
         dataclasses.replace(TrainConfig(), finetune_epochs=1.5)
     with pytest.raises(LeenetError, match=r"in \(0, 1\]"):
         TrainConfig(backbone_lr_scale=2.0)
+    with pytest.raises(LeenetError, match=r"unknown joint_weighting 'imta' \(valid: ramp, equilibrium\)"):
+        TrainConfig(joint_weighting="imta")
+
+
+def test_gradient_equilibrium_gives_each_stage_the_mean_of_its_exits_gradients() -> None:
+    torch.manual_seed(0)
+    net = attach_exits(build_backbone("conftest:TinyCNN", num_classes=NUM_CLASSES, image_size=16),
+                       ["block1", "block2", "block3"], input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, head="pool")
+    x, y = torch.randn(8, *INPUT_SHAPE), torch.randint(0, NUM_CLASSES, (8,))
+    stages = [list(stage.parameters()) for stage in net.stages]
+    num_exits = len(net.stages)
+    # the reference: each exit's loss alone, its gradient on every stage; stage i averages the exits j >= i
+    plain = _ExitLosses(net, joint=True, distill=0.0, temperature=1.0)
+    per_exit = []
+    for j in range(num_exits):
+        loss = F.cross_entropy(plain.exit_logits(x)[:, j], y)
+        grads = iter(torch.autograd.grad(loss, [p for params in stages for p in params], allow_unused=True))
+        per_exit.append([[next(grads) for _ in params] for params in stages])
+    balanced = _ExitLosses(net, joint=True, distill=0.0, temperature=1.0, equilibrium=True)
+    assert torch.equal(balanced.weights(0.0), torch.ones(num_exits)) and torch.equal(
+        balanced.exit_logits(x), plain.exit_logits(x)), "the forward is unchanged"
+    net.zero_grad()
+    balanced(x, y, balanced.weights(0.0))[0].backward()
+    for i, params in enumerate(stages):
+        for k, p in enumerate(params):
+            mean = sum(per_exit[j][i][k] for j in range(i, num_exits) if per_exit[j][i][k] is not None) / (num_exits - i)
+            assert torch.allclose(p.grad, mean, atol=1e-6), (i, k)

@@ -126,6 +126,7 @@ class FineTune:
     early_accuracy: tuple[tuple[float, ...], ...] | None = None  # joint: (epochs + 1, E-1) the early exits'
     head_lr: float | None = None  # joint: the heads' learning rate
     distill: float | None = None  # joint: the early exits' weight on the final exit's softened logits
+    weighting: str | None = None  # joint: "ramp" (SDN) or "equilibrium" (IMTA's gradient equilibrium)
     train_loss: tuple[float, ...] | None = None  # (epochs,) mean weighted training loss of each epoch
 
 
