@@ -1,28 +1,30 @@
 """Issue 28: does training the backbone with its exits move the frontier, or is a gain just more training?
 
-Three arms of ``leenet run`` that differ in ``--backbone-training`` alone, on the same seeds, splits,
-trained backbone, heads' initialization and test images: **A** ``frozen`` (today), **B** ``finetune``
-(the backbone fine-tuned alone, then the heads fitted frozen: the control, as much extra training
-as C) and **C** ``joint`` (the backbone fine-tuned with its fitted heads). Per seed the backbone is
+Four arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
+on the same seeds, splits, trained backbone, heads' initialization and test images: **A** ``frozen``
+(today), **B** ``finetune`` (the backbone fine-tuned alone, then the heads fitted frozen: the
+control, as much extra training as C), **C** ``joint`` (the backbone fine-tuned with its fitted
+heads, the early exits' weights ramped up as SDN does) and **D** ``joint`` with IMTA's gradient
+equilibrium instead of the ramp (``TrainConfig.joint_weighting``). Per seed the backbone is
 trained once by a ``leenet run`` at the dataset's recipe, and each arm starts from its ``model.pt``
 (``--weights``, ``--epochs 0``) with the fine-tune at a quarter of the backbone's epochs.
 
 Reported per arm (means over seeds): each exit's test accuracy, LEENet's operating points, the
 training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same test
-images, for B - A, C - A and C - B: McNemar's exact test on each exit and operating point's
-per-image correctness, a paired bootstrap interval of each accuracy and cost difference. The
-operating points are re-routed from each arm's ``model.pt`` (its gates for the chosen alpha and
-threshold) to get per-image figures, and checked against the run's own numbers.
+images, for B - A, C - A, C - B, D - A, D - B and D - C: McNemar's exact test on each exit and
+operating point's per-image correctness, a paired bootstrap interval of each accuracy and cost
+difference. The operating points are re-routed from each arm's ``model.pt`` (its gates for the
+chosen alpha and threshold) to get per-image figures, and checked against the run's own numbers.
 
-The full study, NOT RUN YET (about 4.5-5 h on 2 idle CPU cores, estimated from the 27-minute
-backbone of docs/benchmark.md: per seed the backbone, three arms' heads, caches and gates, and
-2 x 6 fine-tune epochs), from the repository root::
+The full study, NOT RUN YET (about 5.5-6 h on 2 idle CPU cores, estimated from the 27-minute
+backbone of docs/benchmark.md: per seed the backbone, four arms' heads, caches and gates, and
+3 x 6 fine-tune epochs), from the repository root::
 
     OMP_NUM_THREADS=2 python benchmarks/joint_training.py
 
 writes ``benchmarks/results/joint_training/results.json`` and ``tradeoff.png`` (runs under
-``runs/joint_training/``; a finished run is reused). ``--smoke`` checks the machinery in about a
-minute on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
+``runs/joint_training/``; a finished run is reused). ``--smoke`` checks the machinery in a minute or
+two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ from leenet import (  # noqa: E402
     run,
 )
 
-ARMS = {"A": "frozen", "B": "finetune", "C": "joint"}
-PAIRS = (("B", "A"), ("C", "A"), ("C", "B"))
+ARMS = {"A": ("frozen", "ramp"), "B": ("finetune", "ramp"), "C": ("joint", "ramp"), "D": ("joint", "equilibrium")}
+NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium"}
+PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"))
 POINTS = ("accuracy at <= 25% FLOPs", "accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
           "cost at <= 0.5 pt drop", "cost at <= 1 pt drop")
 BOOTSTRAP = 2000  # paired resamples of the test images
@@ -93,14 +96,15 @@ SMOKE = Setup("digits", 4, 0.2, head_epochs=3, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
 BACKBONE_ONLY = GateTrainConfig(objective="hard", loss="ce", steps=1)  # the backbone run's gates: a formality
 
 
-def config(setup: Setup, seed: int, out: Path, mode: str = "frozen", weights: Path | None = None) -> RunConfig:
+def config(setup: Setup, seed: int, out: Path, arm: str = "A", weights: Path | None = None) -> RunConfig:
     """An arm of the study from the backbone in ``weights``, kept as it is before its fine-tune; without
     ``weights``, the run that trains that backbone (no heads, one alpha: only its model.pt is used)."""
     if weights is None:
         train = TrainConfig(epochs=setup.epochs, head_epochs=0, gates=BACKBONE_ONLY)
     else:
+        mode, weighting = ARMS[arm]
         train = TrainConfig(epochs=0, head_epochs=setup.head_epochs, gates=setup.gates, backbone_training=mode,
-                            finetune_epochs=setup.finetune_epochs)
+                            finetune_epochs=setup.finetune_epochs, joint_weighting=weighting)
     alphas = (0.0,) if weights is None else setup.alphas
     return RunConfig(data=DataConfig(dataset=setup.dataset, calib_size=setup.calib_size),
                      model=ModelConfig(weights=None if weights is None else str(weights.resolve())), train=train,
@@ -207,10 +211,10 @@ def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
 def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
     """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (seed 0), its exits."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red")):
+    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red", "tab:orange")):
         first = runs[0]
-        ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {ARMS[arm]}: LEENet")
-        ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {ARMS[arm]}: max-softmax")
+        ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {NAMES[arm]}: LEENet")
+        ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {NAMES[arm]}: max-softmax")
         ax.plot([e["cost"] for e in first["exits"]], [e["accuracy"] for e in first["exits"]], "s", color=colour, ms=5)
     ax.set_xlabel("mean cost (share of the backbone's FLOPs)")
     ax.set_ylabel("test accuracy")
@@ -248,21 +252,21 @@ def main() -> None:
         splits = load_dataset(setup.dataset, calib_size=int(setup.calib_size) if setup.calib_size >= 1
                               else setup.calib_size, seed=seed)
         x, y = (torch.cat(t) for t in zip(*make_loader(splits.test, 1000, train=False)))
-        for arm, mode in ARMS.items():
+        for arm in ARMS:
             where = runs_dir / f"seed{seed}" / arm
-            results, wall = finished(where, config(setup, seed, where, mode, weights=home / "model.pt"), log)
+            results, wall = finished(where, config(setup, seed, where, arm, weights=home / "model.pt"), log)
             per_arm[arm].append(results)
             seconds[arm].append(wall)
             images[arm].append(per_image(where, results, x, y))
     by_seed = [{arm: images[arm][k] for arm in ARMS} for k in range(len(args.seeds))]
     summary = {
-        "question": "issue 28: does fine-tuning the backbone with its exits (C) beat the frozen network (A) and "
-                    "the backbone fine-tuned alone (B)?",
+        "question": "issue 28: does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient "
+                    "equilibrium) beat the frozen network (A) and the backbone fine-tuned alone (B)?",
         "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs,
                   "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": args.seeds,
                   "smoke": args.smoke, "bootstrap": BOOTSTRAP},
         "backbones": backbones,
-        "arms": {arm: {"mode": ARMS[arm], **arm_summary(per_arm[arm], images[arm], seconds[arm])} for arm in ARMS},
+        "arms": {arm: {"mode": NAMES[arm], **arm_summary(per_arm[arm], images[arm], seconds[arm])} for arm in ARMS},
         "paired": {f"{a} - {b}": paired(by_seed, a, b) for a, b in PAIRS},
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -272,7 +276,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(per_arm, out / "tradeoff.png")
     for arm, row in summary["arms"].items():
-        print(f"{arm} {row['mode']:8s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
+        print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
               f"heads + fine-tune {row['training_seconds'][0]:.0f} s")
     print(f"wrote {out / 'results.json'} and {out / 'tradeoff.png'}")
 
