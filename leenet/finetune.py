@@ -127,7 +127,7 @@ def choose_epoch(final: Tensor, early: Tensor | None = None,
 
 class _ExitLosses(nn.Module):
     """The stages, and for a joint fine-tune the heads and cascade links, as one module (what
-    DistributedDataParallel wraps): the weighted exits' loss and each exit's right answers."""
+    DistributedDataParallel wraps): the weighted exits' loss."""
 
     def __init__(self, net: ExitNet, joint: bool, distill: float, temperature: float,
                  equilibrium: bool = False) -> None:
@@ -165,10 +165,8 @@ class _ExitLosses(nn.Module):
         """(E',) the exits' loss weights ``progress`` of the way through: every exit 1 with gradient equilibrium."""
         return torch.ones(self.num_exits) if self.equilibrium else ramp_weights(progress, self.num_exits)
 
-    def forward(self, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.exit_logits(x).float()
-        loss = weighted_exit_loss(logits, y, weights, self.distill, self.temperature)
-        return loss, (logits.detach().argmax(-1) == y[:, None]).sum(0).float()
+    def forward(self, x: Tensor, y: Tensor, weights: Tensor) -> Tensor:
+        return weighted_exit_loss(self.exit_logits(x).float(), y, weights, self.distill, self.temperature)
 
 
 @torch.no_grad()
@@ -223,13 +221,8 @@ def finetune_backbone(
         raise LeenetError(f"unknown weighting '{weighting}' (valid: {', '.join(JOINT_WEIGHTINGS)})")
     model = _ExitLosses(net, joint, distill if joint else 0.0, temperature, equilibrium=weighting == "equilibrium")
     model.requires_grad_(True)
-    groups = [{"params": list(net.stages.parameters()), "lr": lr * backbone_lr_scale}]
-    if joint:
-        groups.append({"params": [p for m in (net.heads, net.cascade) if m is not None for p in m.parameters()],
-                       "lr": lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
     total = max(1, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    optimizer, schedule = _optimizer(model, lr, backbone_lr_scale, total)
     procs = procs or Processes()
     run = _Run(model, optimizer, schedule, checkpoint)
     if run.epoch == 0:
@@ -243,7 +236,7 @@ def finetune_backbone(
     for epoch in range(run.epoch, epochs):
         lines.epoch_start()
         bar = progress_bar(batches(), steps_per_epoch, f"{name} epoch {epoch + 1}/{epochs}", progress)
-        loss_sum, count, seen, *hits = sum_over_ranks(
+        loss_sum, count = sum_over_ranks(
             _epoch(trained, bar, optimizer, schedule, device, mixed, epoch * steps_per_epoch, total), procs)
         sync_from_main(model, procs)
         run.end_epoch(epoch + 1, loss_sum / max(count, 1), _calib_accuracy(model, calib, device, procs), joint)
@@ -259,6 +252,17 @@ def finetune_backbone(
             "chosen_epoch": choice.epoch, "fell_back": choice.fell_back,
             "message": choice.message, "final_accuracy": [row[-1] for row in run.calib],
             "early_accuracy": [row[:-1] for row in run.calib] if joint else None, "train_loss": list(run.history)}
+
+
+def _optimizer(model: _ExitLosses, lr: float, backbone_lr_scale: float, total: int):
+    """AdamW with the stages at ``lr * backbone_lr_scale`` and the heads (and cascade links) at
+    ``lr``, and a cosine schedule over ``total`` steps."""
+    groups = [{"params": list(model.stages.parameters()), "lr": lr * backbone_lr_scale}]
+    heads = [p for m in (model.heads, model.cascade) if m is not None for p in m.parameters()]
+    if heads:
+        groups.append({"params": heads, "lr": lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
 class _Run:
@@ -295,21 +299,19 @@ class _Run:
 
 def _epoch(model: nn.Module, batches, optimizer, schedule, device: torch.device | str, mixed: bool, step: int,
            total: int) -> list[float]:
-    """One pass of steps from global step ``step`` of ``total`` (for the ramp); returns the loss sum,
-    the steps, the samples seen and each trained exit's right answers."""
+    """One pass of steps from global step ``step`` of ``total`` (for the ramp); returns the loss sum and the steps."""
     device_type = torch.device(device).type
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    loss_sum, count, seen, hits = 0.0, 0, 0, torch.zeros(inner.num_exits, dtype=torch.float64)
+    loss_sum, count = 0.0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         weights = inner.weights((step + count) / max(1, total - 1)).to(x.device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed):
-            loss, right = model(x, y, weights)
+            loss = model(x, y, weights)
         _check_loss(loss, "fine-tune")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        loss_sum, count, seen = loss_sum + float(loss.detach()), count + 1, seen + len(y)
-        hits += right.cpu().double()
-    return [loss_sum, count, seen, *hits.tolist()]
+        loss_sum, count = loss_sum + float(loss.detach()), count + 1
+    return [loss_sum, count]

@@ -118,12 +118,15 @@ def _random_batches(shape: tuple[int, ...], classes: int, n: int = 4, seed: int 
     return lambda: iter(data)
 
 
-@pytest.mark.parametrize("arch", ["digits_cnn", "conftest:TinyCNN",
-                                  pytest.param("tv:mobilenet_v3_small", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["digits_cnn", "conftest:TinyCNN", *(pytest.param(name, marks=pytest.mark.slow)
+                                                                      for name in ("tv:mobilenet_v3_small",
+                                                                                   "timm:resnet18"))])
 @pytest.mark.parametrize(("joint", "weighting"), [(True, "ramp"), (True, "equilibrium"), (False, "ramp")],
                          ids=["joint", "joint-equilibrium", "finetune"])
 def test_finetune_trains_what_its_mode_says_and_ends_frozen_in_the_kept_epoch(arch: str, joint: bool,
                                                                               weighting: str) -> None:
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")  # the optional extra leenet[timm]
     shape = {"digits_cnn": (1, 8, 8), "conftest:TinyCNN": INPUT_SHAPE}.get(arch, (3, 32, 32))
     torch.manual_seed(0)
     backbone = build_backbone(arch, num_classes=NUM_CLASSES, in_channels=shape[0], image_size=shape[-1])
@@ -251,7 +254,7 @@ def test_gradient_equilibrium_gives_each_stage_the_mean_of_its_exits_gradients()
     assert torch.equal(balanced.weights(0.0), torch.ones(num_exits)) and torch.equal(
         balanced.exit_logits(x), plain.exit_logits(x)), "the forward is unchanged"
     net.zero_grad()
-    balanced(x, y, balanced.weights(0.0))[0].backward()
+    balanced(x, y, balanced.weights(0.0)).backward()
     for i, params in enumerate(stages):
         for k, p in enumerate(params):
             mean = sum(per_exit[j][i][k] for j in range(i, num_exits) if per_exit[j][i][k] is not None) / (num_exits - i)
