@@ -145,9 +145,9 @@ def _add_run_parser(sub) -> None:
     t.add_argument("--backbone-training", choices=BACKBONE_TRAINING, default="frozen",
                    help="after the heads are fitted: frozen (default) never changes the backbone; joint fine-tunes it "
                         "with its heads (exit losses summed, early weights ramped up; the backbone at a tenth of the "
-                        "heads' learning rate; a quarter of the backbone's epochs), keeping the calibration epoch "
-                        "with the best early exits whose final exit lost <= 0.1 pt, else the frozen network: "
-                        "better early exits if you can afford to change your model; finetune fine-tunes the backbone "
+                        "heads' learning rate; a quarter of the backbone's epochs), keeping on calibration the epoch "
+                        "with the best early exits of those whose final exit lost <= 0.1 pt (the frozen network if "
+                        "none beats it): better early exits if you can change your model; finetune tunes the backbone "
                         "alone the same way, then fits the heads frozen: the control that tells joint's gain from "
                         "more training")
     t.add_argument("--objective", choices=OBJECTIVES,

@@ -31,6 +31,7 @@ from leenet.train import Batches, _check_loss, _parallel, distilled_loss, freeze
 RAMP_START = 0.01  # every early exit's loss weight at the first step (SDN's)
 RAMP_DEPTH = 0.9  # the deepest early exit's weight at the last step; exit i's is RAMP_DEPTH * (i + 1) / (E - 1)
 FINAL_EXIT_TOLERANCE = 0.001  # a kept epoch's final exit is at most 0.1 pt below its accuracy before, on calibration
+ROUNDING = 1e-9  # accuracies are fractions of whole images: closer figures are equal
 WEIGHT_DECAY = 1e-4  # AdamW's, as the heads' own training
 
 
@@ -100,9 +101,10 @@ def choose_epoch(final: Tensor, early: Tensor | None = None,
     """The epoch to keep, from calibration accuracies before the fine-tune (row 0) and after each epoch.
 
     An epoch qualifies when its final exit is at most ``tolerance`` below its accuracy before the
-    fine-tune. Of those, the one with the best mean early-exit accuracy is kept (``early`` given:
-    the joint fine-tune), or the best final exit (the backbone fine-tuned alone); the first on
-    ties. When none qualifies, epoch 0: the network as it was.
+    fine-tune (row 0 qualifies). Of those, the one with the best mean early-exit accuracy is kept
+    (``early`` given: the joint fine-tune), or the best final exit (the backbone fine-tuned alone),
+    the earliest on ties: a fine-tuned epoch is kept only when it beats the network as it was, and
+    epoch 0 (that network) is the fall-back.
 
     Args:
         final: (T+1,) the final exit's calibration accuracy.
@@ -110,19 +112,28 @@ def choose_epoch(final: Tensor, early: Tensor | None = None,
     """
     final = final.double()
     score, what = (final, "final exit") if early is None else (early.double().mean(1), "mean early-exit accuracy")
-    floor = float(final[0]) - tolerance
-    ok = final[1:] >= floor - 1e-9  # (T,) fractions of whole images: the slack is rounding only
-    epochs = len(final) - 1
-    if not bool(ok.any()):
+    ok = final >= final[0] - tolerance - ROUNDING  # (T+1,)
+    epoch, epochs = _first_best(torch.where(ok, score, -torch.inf)), len(final) - 1
+    within = f"within {100 * tolerance:.1f} pt of its {100 * float(final[0]):.2f} %"
+    if epoch > 0:
+        return EpochChoice(epoch, False, f"kept epoch {epoch}/{epochs}: the best {what} on calibration "
+                                         f"({100 * float(score[epoch]):.2f} %, {100 * float(score[0]):.2f} % before) of "
+                                         f"the epochs whose final exit stayed {within} (it has "
+                                         f"{100 * float(final[epoch]):.2f} %)")
+    if not bool(ok[1:].any()):
         best = int(final[1:].argmax()) + 1
-        return EpochChoice(0, True, f"no fine-tuned epoch kept the final exit within {100 * tolerance:.1f} pt of "
-                                    f"its {100 * float(final[0]):.2f} % on calibration (best {100 * float(final[best]):.2f} "
-                                    f"%, epoch {best}/{epochs}): kept the network as it was before the fine-tune")
-    epoch = int(torch.where(ok, score[1:], -torch.inf).argmax()) + 1
-    return EpochChoice(epoch, False, f"kept epoch {epoch}/{epochs}: the best {what} on calibration "
-                                     f"({100 * float(score[epoch]):.2f} %, {100 * float(score[0]):.2f} % before) "
-                                     f"of the epochs whose final exit stayed within {100 * tolerance:.1f} pt of "
-                                     f"{100 * float(final[0]):.2f} % (it has {100 * float(final[epoch]):.2f} %)")
+        return EpochChoice(0, True, f"no fine-tuned epoch kept the final exit {within} on calibration (best "
+                                    f"{100 * float(final[best]):.2f} %, epoch {best}/{epochs}): kept the network as it "
+                                    f"was before the fine-tune")
+    best = _first_best(torch.where(ok[1:], score[1:], -torch.inf)) + 1
+    return EpochChoice(0, True, f"no fine-tuned epoch whose final exit stayed {within} beat the {what} before "
+                                f"the fine-tune on calibration ({100 * float(score[0]):.2f} %; best "
+                                f"{100 * float(score[best]):.2f} %, epoch {best}/{epochs}): kept the network as it was")
+
+
+def _first_best(scores: Tensor) -> int:
+    """The first index of the highest of ``scores`` (T,), ties within rounding included."""
+    return int((scores >= scores.max() - ROUNDING).nonzero()[0])
 
 
 class _ExitLosses(nn.Module):

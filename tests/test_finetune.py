@@ -101,14 +101,24 @@ def test_choose_epoch_keeps_the_best_early_exits_whose_final_exit_holds() -> Non
     assert (choice.epoch, choice.fell_back) == (1, False)
     assert "epoch 1/4" in choice.message and "\n" not in choice.message
     assert choose_epoch(final, None).epoch == 3, "the backbone alone: the best final exit"
-    assert choose_epoch(torch.tensor([0.9, 0.9 - FINAL_EXIT_TOLERANCE]), torch.ones(2, 1)).epoch == 1, \
+    assert choose_epoch(torch.tensor([0.9, 0.9 - FINAL_EXIT_TOLERANCE]), torch.tensor([[0.5], [0.6]])).epoch == 1, \
         "exactly 0.1 pt below qualifies"
 
 
 def test_choose_epoch_falls_back_when_every_epoch_loses_the_final_exit() -> None:
     choice = choose_epoch(torch.tensor([0.95, 0.93, 0.948]), torch.tensor([[0.5], [0.9], [0.9]]))
     assert (choice.epoch, choice.fell_back) == (0, True)
-    assert "95.00 %" in choice.message and "epoch 2/2" in choice.message and "before the fine-tune" in choice.message
+    assert "no fine-tuned epoch kept the final exit within 0.1 pt of its 95.00 %" in choice.message
+    assert "epoch 2/2" in choice.message and "before the fine-tune" in choice.message
+
+
+def test_choose_epoch_keeps_the_network_as_it_was_unless_an_epoch_beats_it() -> None:
+    final = torch.tensor([0.95, 0.95, 0.96], dtype=torch.float64)  # as a run measures them: float64 fractions
+    early = torch.tensor([[0.80, 0.90], [0.80, 0.88], [0.85, 0.85]], dtype=torch.float64)  # means 0.85, 0.84, 0.85
+    choice = choose_epoch(final, early)
+    assert (choice.epoch, choice.fell_back) == (0, True), "a tie with the start keeps the start"
+    assert "beat the mean early-exit accuracy before the fine-tune" in choice.message and "epoch 2/2" in choice.message
+    assert choose_epoch(torch.tensor([0.95, 0.94, 0.95]), None).epoch == 0, "alone: no better final exit"
 
 
 def _random_batches(shape: tuple[int, ...], classes: int, n: int = 4, seed: int = 0):

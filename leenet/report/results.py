@@ -119,8 +119,8 @@ class FineTune:
     mode: str  # "finetune" (the backbone alone, heads fitted after) or "joint" (with its heads)
     epochs: int
     backbone_lr: float
-    chosen_epoch: int  # the epoch kept; 0: the network before the fine-tune (fell_back, or no epoch better)
-    fell_back: bool  # no epoch kept the final exit within 0.1 pt of its accuracy before
+    chosen_epoch: int  # the epoch kept; 0: the network as it was before the fine-tune
+    fell_back: bool  # epoch 0 kept: no epoch kept the final exit within 0.1 pt of its accuracy before, or none beat it
     message: str  # the choice, in one line
     final_accuracy: tuple[float, ...]  # (epochs + 1,) the final exit's, before the fine-tune and after each epoch
     early_accuracy: tuple[tuple[float, ...], ...] | None = None  # joint: (epochs + 1, E-1) the early exits'
