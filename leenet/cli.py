@@ -24,6 +24,7 @@ from pathlib import Path
 from leenet.catalog import BACKBONE_CARDS, DATASET_INFO
 from leenet.config import (
     ALPHA_UNITS,
+    BACKBONE_TRAINING,
     CASCADE_KINDS,
     COST_UNITS,
     DEVICES,
@@ -144,6 +145,14 @@ def _add_run(sub) -> None:
                         "loss, the rest on the labels (default: 0 = labels only)")
     t.add_argument("--distill-temperature", type=float, default=TrainConfig.distill_temperature, metavar="T",
                    help="softening temperature of --distill (default: %(default)s)")
+    t.add_argument("--backbone-training", choices=BACKBONE_TRAINING, default="frozen",
+                   help="after the heads are fitted: frozen (default) never changes the backbone; joint fine-tunes it "
+                        "with its heads (exit losses summed, early weights ramped up; the backbone at a tenth of the "
+                        "heads' learning rate; a quarter of the backbone's epochs), keeping on calibration the epoch "
+                        "with the best early exits of those whose final exit lost <= 0.1 pt (the frozen network if "
+                        "none beats it): better early exits if you can change your model; finetune tunes the backbone "
+                        "alone the same way, then fits the heads frozen: the control that tells joint's gain from "
+                        "more training")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
@@ -300,7 +309,8 @@ def run_config_from_args(args: argparse.Namespace):
                           num_classes=args.num_classes, transfer=args.transfer, cascade=args.cascade,
                           ensemble=args.ensemble, ensemble_final=args.ensemble_final),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, precision=args.precision, head_epochs=args.head_epochs,
-                          gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature),
+                          gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature,
+                          backbone_training=args.backbone_training),
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,

@@ -70,7 +70,9 @@ def resolve(config: RunConfig) -> RunConfig:
     """``config`` with every setting left unset (None) filled in from its dataset's defaults.
 
     The backbone is trained for the dataset's epochs without weights or with ``--transfer``,
-    and kept as it is (0 epochs) with weights; exits default to the backbone's own.
+    and kept as it is (0 epochs) with weights; exits default to the backbone's own. A fine-tune
+    length given as a fraction becomes whole epochs: of the backbone's, or of the dataset's
+    default epochs when the backbone was kept as it is (at least one).
     """
     # The registry (torch, torchvision) only to fill in exits: the command line builds and checks a
     # config before it loads them.
@@ -83,6 +85,8 @@ def resolve(config: RunConfig) -> RunConfig:
         epochs = train.epochs
     else:
         epochs = d.epochs if model.weights is None or model.transfer else 0
+    tune = train.finetune_epochs
+    tune = int(tune) if tune >= 1 else max(1, round(tune * (epochs or d.epochs)))
     return replace(
         config,
         model=replace(model, arch=arch, exits=tuple(model.exits or get_backbone_info(arch).default_exits),
@@ -90,5 +94,6 @@ def resolve(config: RunConfig) -> RunConfig:
                       ensemble=model.ensemble or d.ensemble),
         train=replace(train, epochs=epochs, lr=train.lr or d.lr, precision=train.precision or d.precision,
                       head_epochs=d.head_epochs if train.head_epochs is None else train.head_epochs,
-                      gates=train.gates or d.gate_train, distill=d.distill if train.distill is None else train.distill),
+                      gates=train.gates or d.gate_train, distill=d.distill if train.distill is None else train.distill,
+                      finetune_epochs=tune),
     )

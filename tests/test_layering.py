@@ -15,6 +15,7 @@ LAYERS = [  # lowest first; a module may import from its own layer and every lay
     {"data"},
     {"checkpoint", "defaults", "preflight", "rundir", "distributed", "resume"},
     {"train", "policy"},
+    {"finetune"},
     {"evaluate"},
     {"report", "export"},
     {"predict"},
