@@ -89,12 +89,20 @@ async def _send_all(host: str, port: int, path: str, bodies: Sequence[bytes], co
         if head is None:
             head = heads[len(body)] = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
                                        f"Content-Length: {len(body)}\r\n\r\n").encode()
-        conn = idle.pop() if idle else _Connection(*await asyncio.open_connection(host, port))
+        reused = bool(idle)
+        conn = idle.pop() if reused else _Connection(*await asyncio.open_connection(host, port))
         try:
             status[i], _ = await conn.post(head, body)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             conn.writer.close()
-            return
+            if not reused:
+                return
+            try:  # the server closed an idle keep-alive connection: send again on a new one, as clients do
+                conn = _Connection(*await asyncio.open_connection(host, port))
+                status[i], _ = await conn.post(head, body)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                conn.writer.close()
+                return
         if status[i] // 100 == 2:
             latency[i] = loop.time() - (start + times[i])
         idle.append(conn)

@@ -118,23 +118,37 @@ def app_from_env() -> FastAPI:
 
 
 def _add_error_handling(app: FastAPI, metrics: Metrics) -> None:
-    for exc_type in (ProtocolError, ExportError, Overloaded):
+    for exc_type in (ProtocolError, ExportError, Overloaded, Exception):  # Exception: the 500 handler
         app.add_exception_handler(exc_type, lambda request, exc: _error_response(exc))
+    app.add_middleware(_CountRequests, metrics=metrics)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
+
+class _CountRequests:
+    """Count every POST by route and outcome, and time it (a plain ASGI middleware: FastAPI's
+    ``@app.middleware("http")`` costs a task and a stream per request)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-        except Exception as exc:  # anything a route did not turn into an answer
-            response = _error_response(exc)
-        route = request.scope.get("route")
-        if route is not None and request.method == "POST":
-            status = response.status_code
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
             outcome = ("success" if status < 400 else "rejected" if status == 503
                        else "client_error" if status < 500 else "server_error")
-            metrics.count_request(route.path, outcome, time.perf_counter() - start)
-        return response
+            self.metrics.count_request(route.path if route is not None else scope["path"], outcome,
+                                       time.perf_counter() - start)
 
 
 def _error_response(exc: BaseException) -> Response:

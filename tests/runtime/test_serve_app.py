@@ -141,3 +141,18 @@ def test_metrics_and_status(client, tmp_path) -> None:
     assert 'leenet_requests_total{outcome="success",route="/v1/classify"}' in text
     status = client.get("/v1/status").json()
     assert status["model"] == "tiny" and status["queue_depth"] == [0, 0, 0, 0] and status["audit"]["rate"] == 0.0
+
+
+def test_an_unexpected_error_is_a_500_and_counted(export, tmp_path, monkeypatch) -> None:
+    app = create_app(ServeConfig(str(export)))
+
+    async def broken(batch):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.scheduler, "classify", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        response = c.post("/v1/classify", content=png_files(tmp_path, 1)[0].read_bytes(),
+                          headers={"content-type": "image/png"})
+        assert response.status_code == 500 and "internal error (RuntimeError)" in response.json()["error"]
+        assert 'leenet_requests_total{outcome="server_error",route="/v1/classify"} 1.0' in c.get("/metrics").text
+        assert c.get("/v2/health/live").status_code == 200
