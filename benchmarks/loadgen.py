@@ -198,3 +198,15 @@ def max_rate_under(results: Sequence[Result], p99_slo_s: float) -> float:
             break
         best = r.rate
     return best
+
+
+def saturation_rate(results: Sequence[Result], share: float = 0.95) -> float:
+    """The highest offered rate, below the first that falls behind, at which the server kept up:
+    at least ``share`` of the offered rate achieved and every request answered; 0 if none."""
+    best = 0.0
+    for r in sorted(results, key=lambda r: r.rate):
+        summary = r.summary()
+        if summary["achieved_rps"] < share * r.rate or summary["failed"]:
+            break
+        best = r.rate
+    return best

@@ -14,7 +14,8 @@ a base64 PNG, as a user would write it), ``request`` and ``stage`` (LEENet with 
 stage-level batching). Each row: latency of one request at a time (the floor), then a ladder of
 rates (x1.2 each step) until two rates past saturation (throughput below 85 % of the offered
 rate, or p99 over 40x the SLO; the SLO is 5x the backbone's one-request latency), and a point
-at half the backbone's highest rate within the SLO. Also measured: the in-process speed-up
+at half the backbone's saturation rate (the highest rate it keeps up with: 95 % achieved,
+nothing lost). Also measured: the in-process speed-up
 (ExitRunner, batch 64, one thread), the server's overhead at low load, and whether the served
 answers on the whole test set equal the offline evaluation of the export. Writes
 ``benchmarks/results/serve_load/serve_load.json`` and ``serve_load.png``.
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import matplotlib
 import torch
-from loadgen import Result, closed_loop, max_rate_under, open_loop, percentile, sequential
+from loadgen import Result, closed_loop, max_rate_under, open_loop, percentile, saturation_rate, sequential
 from PIL import Image
 
 matplotlib.use("Agg")
@@ -172,14 +173,15 @@ def run_row(row: str, exports, bodies, cpu: int, port: int, args, slo_s: float |
             saturated += summary["achieved_rps"] < 0.85 * rate or percentile(r.latency_s, 99) > 40 * slo
             rate *= 1.2
             time.sleep(1.0)  # let the queues drain
-        half_rate = half_rate if half_rate is not None else max_rate_under(ladder, slo) / 2  # the backbone's own
+        half_rate = half_rate if half_rate is not None else saturation_rate(ladder) / 2  # the backbone's own
         half = None if half_rate <= 0 else open_loop(HOST, port, server.path, payload, rate=half_rate,
                                                      duration=2 * args.duration, content_type=server.kind,
                                                      seed=99).summary()
         return {"one_at_a_time_ms": {"p50": round(float(np.median(floor)) * 1000, 3),
                                      "p99": round(float(np.percentile(floor, 99)) * 1000, 3)},
                 "slo_ms": round(slo * 1000, 3), "ladder": [r.summary() for r in ladder],
-                "max_rate_within_slo": max_rate_under(ladder, slo), "at_half_backbone_rate": half}
+                "max_rate_within_slo": max_rate_under(ladder, slo), "saturation_rate": saturation_rate(ladder),
+                "at_half_backbone_rate": half}
     finally:
         server.stop()
 
@@ -256,7 +258,7 @@ def main() -> None:
         bb = rows.get("backbone")
         rows[row] = run_row(row, exports, bodies, args.server_cpu, args.port + k, args,
                             slo_s=None if bb is None else bb["slo_ms"] / 1000,
-                            half_rate=None if bb is None else bb["max_rate_within_slo"] / 2, start_rate=start)
+                            half_rate=None if bb is None else bb["saturation_rate"] / 2, start_rate=start)
     check = served_equals_offline(exports, bodies, labels, args.server_cpu, args.port + 10)
     results = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_before": os.getloadavg()},
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": str(args.run),

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from loadgen import Result, max_rate_under, open_loop, poisson_schedule  # noqa: E402
+from loadgen import Result, max_rate_under, open_loop, poisson_schedule, saturation_rate  # noqa: E402
 
 
 def test_poisson_schedule_has_the_offered_rate() -> None:
@@ -25,7 +25,7 @@ def _result(rate: float, p99_ms: float, failed: int = 0) -> Result:
     latency = np.full(100, p99_ms / 1000)
     latency[:failed] = np.inf
     status = np.where(np.isfinite(latency), 200, 503)
-    return Result(rate, 100, latency, status, 1.0)
+    return Result(rate, 100, latency, status, 100 / rate)  # kept up: 100 requests in 100 / rate seconds
 
 
 def test_max_rate_is_below_the_first_rate_that_misses_the_slo() -> None:
@@ -43,3 +43,10 @@ def test_summary_counts_rejections() -> None:
 def test_load_goes_to_the_loopback_only() -> None:
     with pytest.raises(ValueError, match="loopback"):
         open_loop("10.0.0.1", 80, "/", [b"x"], rate=1, duration=1)
+
+
+def test_saturation_is_the_last_rate_kept_up_with() -> None:
+    ladder = [_result(100, 5), _result(120, 8), _result(144, 9), _result(173, 9)]
+    ladder[2].seconds = 100 / 120  # 100 answered in 0.83 s: 120 req/s achieved of 144 offered
+    assert saturation_rate(ladder) == 120
+    assert saturation_rate([_result(100, 5, failed=1)]) == 0.0
