@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -137,7 +138,7 @@ class Server:
             self.path, self.kind = "/v1/classify", "image/png"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # its own process group
         ready = "/health" if row == "litserve" else "/v2/health/ready"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -149,8 +150,17 @@ class Server:
         raise RuntimeError(f"{row} server did not start")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
+        """SIGTERM to the server's whole process group (LitServe forks workers that outlive their parent)."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1.0)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
 
 
 def run_row(row: str, exports, bodies, cpu: int, port: int, args, slo_s: float | None, half_rate: float | None,
