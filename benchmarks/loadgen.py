@@ -31,6 +31,7 @@ class Result:
     latency_s: np.ndarray  # (sent,) from intended send time to the answer; inf if none or not 2xx
     status: np.ndarray  # (sent,) HTTP status, 0 when no answer came in time
     seconds: float  # from the first intended send to the last answer
+    lag_s: np.ndarray | None = None  # (sent,) how late the client wrote each request (its timer and loop)
 
     def summary(self) -> dict:
         ok = self.status // 100 == 2
@@ -38,7 +39,8 @@ class Result:
         pct = {f"p{q}_ms": _ms(percentile(lat, q)) for q in (50, 95, 99)}
         return {"offered_rps": round(self.rate, 2), "sent": self.sent, "ok": int(ok.sum()),
                 "rejected_503": int((self.status == 503).sum()), "failed": int((~ok).sum()),
-                "achieved_rps": round(float(ok.sum() / self.seconds), 2) if self.seconds > 0 else 0.0, **pct}
+                "achieved_rps": round(float(ok.sum() / self.seconds), 2) if self.seconds > 0 else 0.0, **pct,
+                "client_lag_p50_ms": None if self.lag_s is None else _ms(float(np.median(self.lag_s)))}
 
 
 def percentile(latency_s: np.ndarray, q: float) -> float:
@@ -80,6 +82,7 @@ async def _send_all(host: str, port: int, path: str, bodies: Sequence[bytes], co
     loop = asyncio.get_running_loop()
     idle: list[_Connection] = []
     latency = np.full(len(times), np.inf)
+    lag = np.zeros(len(times))
     status = np.zeros(len(times), np.int64)
     heads = {}
 
@@ -91,6 +94,7 @@ async def _send_all(host: str, port: int, path: str, bodies: Sequence[bytes], co
                                        f"Content-Length: {len(body)}\r\n\r\n").encode()
         reused = bool(idle)
         conn = idle.pop() if reused else _Connection(*await asyncio.open_connection(host, port))
+        lag[i] = loop.time() - (start + times[i])
         try:
             status[i], _ = await conn.post(head, body)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
@@ -120,9 +124,9 @@ async def _send_all(host: str, port: int, path: str, bodies: Sequence[bytes], co
     end = loop.time()
     for conn in idle:
         conn.writer.close()
-    finished = latency[np.isfinite(latency)]
-    seconds = (float(times[-1]) + (finished.max() if finished.size else 0.0)) if len(times) else 0.0
-    return Result(0.0, len(times), latency, status, min(seconds, end - start))
+    answered = np.isfinite(latency)
+    seconds = float(np.max(times[answered] + latency[answered])) if answered.any() else 0.0  # the last answer
+    return Result(0.0, len(times), latency, status, min(seconds, end - start), lag)
 
 
 def open_loop(url_host: str, port: int, path: str, bodies: Sequence[bytes], *, rate: float, duration: float,
