@@ -32,12 +32,15 @@ class Result:
     status: np.ndarray  # (sent,) HTTP status, 0 when no answer came in time
     seconds: float  # from the first intended send to the last answer
     lag_s: np.ndarray | None = None  # (sent,) how late the client wrote each request (its timer and loop)
+    span_s: float = 0.0  # the schedule's length: last send time + one mean gap (sent / span_s = rate realized)
 
     def summary(self) -> dict:
         ok = self.status // 100 == 2
         lat = self.latency_s
         pct = {f"p{q}_ms": _ms(percentile(lat, q)) for q in (50, 95, 99)}
-        return {"offered_rps": round(self.rate, 2), "sent": self.sent, "ok": int(ok.sum()),
+        realized = self.sent / self.span_s if self.span_s > 0 else self.rate
+        return {"offered_rps": round(self.rate, 2), "realized_rps": round(realized, 2), "sent": self.sent,
+                "ok": int(ok.sum()),
                 "rejected_503": int((self.status == 503).sum()), "failed": int((~ok).sum()),
                 "achieved_rps": round(float(ok.sum() / self.seconds), 2) if self.seconds > 0 else 0.0, **pct,
                 "client_lag_p50_ms": None if self.lag_s is None else _ms(float(np.median(self.lag_s)))}
@@ -141,7 +144,7 @@ def open_loop(url_host: str, port: int, path: str, bodies: Sequence[bytes], *, r
         raise ValueError(f"load is only sent to this machine's loopback ({', '.join(LOOPBACK)}), not {url_host}")
     times = poisson_schedule(rate, max(1, int(rate * duration)), seed)
     result = asyncio.run(_send_all(url_host, port, path, bodies, content_type, times, grace))
-    result.rate = rate
+    result.rate, result.span_s = rate, float(times[-1]) + 1.0 / rate
     return result
 
 
@@ -191,26 +194,31 @@ def closed_loop(url_host: str, port: int, path: str, bodies: Sequence[bytes], *,
     return asyncio.run(run())
 
 
-def max_rate_under(results: Sequence[Result], p99_slo_s: float) -> float:
-    """The highest offered rate below the first (in rate order) whose p99 exceeds ``p99_slo_s``, or 0.
+def max_rate_under(results: Sequence[Result], p99_slo_s: float, misses: int = 2) -> float:
+    """The highest offered rate whose p99 is within ``p99_slo_s``, below the first run of ``misses``
+    consecutive rates (in rate order) that exceed it; 0 if none. A lone miss between passing rates
+    is a blip of a shared machine (it is still in the results); ``misses=1`` is the strict rule.
 
     A request without a 2xx answer counts as infinitely late.
     """
-    best = 0.0
+    best, run = 0.0, 0
     for r in sorted(results, key=lambda r: r.rate):
         if percentile(r.latency_s, 99) > p99_slo_s:
-            break
-        best = r.rate
+            run += 1
+            if run >= misses:
+                break
+        else:
+            best, run = r.rate, 0
     return best
 
 
 def saturation_rate(results: Sequence[Result], share: float = 0.95) -> float:
     """The highest offered rate, below the first that falls behind, at which the server kept up:
-    at least ``share`` of the offered rate achieved and every request answered; 0 if none."""
+    at least ``share`` of the rate the Poisson schedule realized achieved, every request answered; 0 if none."""
     best = 0.0
     for r in sorted(results, key=lambda r: r.rate):
         summary = r.summary()
-        if summary["achieved_rps"] < share * r.rate or summary["failed"]:
+        if summary["achieved_rps"] < share * summary["realized_rps"] or summary["failed"]:
             break
         best = r.rate
     return best

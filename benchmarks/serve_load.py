@@ -14,8 +14,10 @@ a base64 PNG, as a user would write it), ``request`` and ``stage`` (LEENet with 
 stage-level batching). Each row: latency of one request at a time (the floor), then a ladder of
 rates (x1.2 each step) until two rates past saturation (throughput below 85 % of the offered
 rate, or p99 over 40x the SLO; the SLO is 5x the backbone's one-request latency), and a point
-at half the backbone's saturation rate (the highest rate it keeps up with: 95 % achieved,
-nothing lost). Also measured: the in-process speed-up
+at half the backbone's saturation rate (the highest rate it keeps up with: 95 % of the rate
+its Poisson schedule realized, nothing lost). The SLO rate is the highest rate within the p99 SLO
+below the first two consecutive misses (a lone miss on this shared VM is kept in the results, and
+the strict rule's rate is reported too). Also measured: the in-process speed-up
 (ExitRunner, batch 64, one thread), the server's overhead at low load, and whether the served
 answers on the whole test set equal the offline evaluation of the export. Writes
 ``benchmarks/results/serve_load/serve_load.json`` and ``serve_load.png``.
@@ -190,7 +192,9 @@ def run_row(row: str, exports, bodies, cpu: int, port: int, args, slo_s: float |
         return {"one_at_a_time_ms": {"p50": round(float(np.median(floor)) * 1000, 3),
                                      "p99": round(float(np.percentile(floor, 99)) * 1000, 3)},
                 "slo_ms": round(slo * 1000, 3), "ladder": [r.summary() for r in ladder],
-                "max_rate_within_slo": max_rate_under(ladder, slo), "saturation_rate": saturation_rate(ladder),
+                "max_rate_within_slo": max_rate_under(ladder, slo),
+                "max_rate_within_slo_strict": max_rate_under(ladder, slo, misses=1),
+                "saturation_rate": saturation_rate(ladder),
                 "at_half_backbone_rate": half}
     finally:
         server.stop()
