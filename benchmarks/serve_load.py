@@ -230,7 +230,7 @@ def plot(results: dict, path: Path) -> None:
         rate = [r["offered_rps"] for r in pts]
         ax.plot(rate, [r["p50_ms"] for r in pts], "--", color=color, alpha=0.7)
         ax.plot(rate, [r["p99_ms"] if r["p99_ms"] is not None else np.nan for r in pts], "-o", ms=3, color=color,
-                label=f"{name}: {row['max_rate_within_slo']:.0f} req/s within SLO")
+                label=f"{name}: keeps up to {row['saturation_rate']:.0f} req/s, {row['max_rate_within_slo']:.0f} within SLO")
     slo = results["rows"]["backbone"]["slo_ms"] if "backbone" in results["rows"] else None
     if slo:
         ax.axhline(slo, color="k", lw=0.8, ls=":", label=f"p99 SLO {slo:.1f} ms")

@@ -216,7 +216,11 @@ def finetune_backbone(
 
     Args:
         net: the network; with ``joint`` its heads already fitted on the frozen backbone.
-        batches, steps_per_epoch, checkpoint, procs, log: as in :func:`leenet.train.train_heads`.
+        batches: returns a fresh (augmented, shuffled) pass over the training split.
+        steps_per_epoch: batches per pass, for the schedule.
+        checkpoint: saves the state after every epoch, as in :func:`leenet.train.train_heads`.
+        procs: the distributed processes, as in :func:`leenet.train.train_heads`.
+        log: receives one line per epoch.
         distill: the early exits' weight on the final exit's softened logits (joint only).
         weighting: joint only: ``"ramp"`` (:func:`ramp_weights`) or ``"equilibrium"`` (every exit
             weighs 1, IMTA's gradient equilibrium: see ``_ExitLosses.exit_logits``).
