@@ -33,7 +33,7 @@ from leenet.config import (
 from leenet.data import DATASETS
 from leenet.defaults import dataset_defaults
 from leenet.errors import LeenetError, brief
-from leenet.export import export_onnx
+from leenet.export import QuantizeOptions, export_int8, export_onnx
 from leenet.nn.split import describe_exit_points
 from leenet.pipeline import run
 from leenet.predict import ENGINES, predict_files
@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run directory holding model.pt")
     x.add_argument("--out", required=True, help="the export directory to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("--int8", action="store_true", help="int8 stage graphs (onnxruntime static quantization, QDQ), "
+                   "calibrated on the run's calibration images, the exit threshold refit on them; writes "
+                   "quantization.json (int8 vs float32); --out must be new")
+    x.add_argument("--calib-images", type=int, default=QuantizeOptions.calib_images,
+                   help=f"with --int8: calibration images that set the int8 ranges (default {QuantizeOptions.calib_images})")
     q = sub.add_parser("predict", help="classify image files with a run's model or an export",
                        description="Classify PNG/JPEG files (grey or RGB, any size) with the run's own preprocessing; "
                        "print per image the file, class, confidence, exit and the cost paid. Unreadable files get "
@@ -304,7 +309,11 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             raise LeenetError(f"cannot draw the report of {run_dir} ({brief(exc)}): rerun `leenet run`") from None
     elif args.command == "export":
-        print(export_onnx(args.run_dir, args.out, opset=args.opset))
+        if args.int8:
+            print(export_int8(args.run_dir, args.out, opset=args.opset,
+                              options=QuantizeOptions(calib_images=args.calib_images)))
+        else:
+            print(export_onnx(args.run_dir, args.out, opset=args.opset))
     elif args.command == "predict":
         return _predict(args)
     return 0
