@@ -15,6 +15,7 @@ Only the backbone's nodes are quantized by default: the torch exporter names the
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -103,15 +104,21 @@ class _Feeds(CalibrationDataReader):
         return next(self._feeds, None)
 
 
-def _quantized_nodes(path: Path, stage: int, part: str) -> list[str]:
-    """Names of the nodes of ``path`` to quantize: stage ``stage``'s backbone (and head) nodes."""
-    prefixes = (f"/stages.{stage}/",) if part == "backbone" else (f"/stages.{stage}/", f"/heads.{stage}/")
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.name.startswith(prefixes)]
+def stage_nodes(stage: int, part: str = "backbone") -> tuple[str, ...]:
+    """Name prefixes of the nodes of stage graph ``stage`` that ``part`` quantizes."""
+    return (f"/stages.{stage}/",) if part == "backbone" else (f"/stages.{stage}/", f"/heads.{stage}/")
 
 
-def quantize_graph(source: Path, target: Path, stage: int, feeds: Sequence[dict[str, np.ndarray]],
-                   options: QuantizeOptions) -> None:
-    """Quantize one stage graph ``source`` into ``target``, calibrated on ``feeds`` (its input batches).
+def quantize_graph(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarray]], options: QuantizeOptions,
+                   prefixes: tuple[str, ...] | None = None) -> None:
+    """Quantize the graph ``source`` into ``target``, calibrated on ``feeds`` (its input batches).
+
+    Args:
+        source, target: ONNX files.
+        feeds: the calibration batches, one feed dict (input name → array) each.
+        options: activation type and calibration method (``options.quantize`` is ``prefixes``' business).
+        prefixes: quantize only the nodes whose names start with one of these (:func:`stage_nodes`);
+            None: every node (a plain backbone).
 
     Raises:
         LeenetError: onnxruntime cannot pre-process, quantize or load the graph (an operator it
@@ -123,11 +130,15 @@ def quantize_graph(source: Path, target: Path, stage: int, feeds: Sequence[dict[
             with warnings.catch_warnings(), _quiet_onnxruntime():
                 warnings.simplefilter("ignore")
                 quant_pre_process(str(source), str(pre))
+                nodes = None if prefixes is None else [
+                    n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(prefixes)]
+                if nodes == []:  # nothing of the backbone in this graph: it stays float32
+                    shutil.copyfile(source, target)
+                    return
                 quantize_static(str(pre), str(target), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=ACTIVATIONS[options.activations],
                                 weight_type=QuantType.QInt8, calibrate_method=METHODS[options.method],
-                                nodes_to_quantize=_quantized_nodes(pre, stage, options.quantize) or None,
-                                extra_options={"CalibMaxIntermediateOutputs": 8})
+                                nodes_to_quantize=nodes, extra_options={"CalibMaxIntermediateOutputs": 8})
             ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnx, the quantizer and onnxruntime raise many types
             target.unlink(missing_ok=True)
@@ -151,7 +162,8 @@ def quantize_stages(runner: ExitRunner, out_dir: Path, images: np.ndarray, optio
     carries = [runner.start(images[k: k + CALIB_BATCH]) for k in range(0, len(images), CALIB_BATCH)]
     for i, entry in enumerate(runner.manifest.exits):
         target = out_dir / entry.graph
-        quantize_graph(runner.export_dir / entry.graph, target, i, [runner.feeds(i, c) for c in carries], options)
+        feeds = [runner.feeds(i, c) for c in carries]
+        quantize_graph(runner.export_dir / entry.graph, target, feeds, options, stage_nodes(i, options.quantize))
         try:
             runner.sessions[i] = ort.InferenceSession(str(target), runner.sessions[i].get_session_options(),
                                                       providers=runner.sessions[i].get_providers())
