@@ -138,7 +138,7 @@ def quantize_graph(source: Path, target: Path, feeds: Sequence[dict[str, np.ndar
                 quantize_static(str(pre), str(target), _Feeds(feeds), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=ACTIVATIONS[options.activations],
                                 weight_type=QuantType.QInt8, calibrate_method=METHODS[options.method],
-                                nodes_to_quantize=nodes, extra_options={"CalibMaxIntermediateOutputs": 8})
+                                nodes_to_quantize=nodes)
             ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnx, the quantizer and onnxruntime raise many types
             target.unlink(missing_ok=True)
