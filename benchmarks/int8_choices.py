@@ -47,6 +47,10 @@ def figures(split) -> dict:
             "same_exit_before_refit": split.same_exit_before_refit}
 
 
+def _rounded(values: list) -> list:
+    return [None if v is None else round(v, 4) for v in values]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="/work/runs/fmnist")
@@ -68,11 +72,11 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         out = work / name.replace(" ", "-").replace("+", "")
-        started = time.time()
-        if not (out / "manifest.json").is_file():
+        started, made = time.time(), not (out / "manifest.json").is_file()
+        if made:
             export_int8(args.run, out, options=options)
         report = read_report(out)
-        row = {"options": dataclasses.asdict(options), "export_seconds": time.time() - started,
+        row = {"options": dataclasses.asdict(options), "export_seconds": time.time() - started if made else None,
                "calibration": figures(report.calibration), "test": figures(report.test)}
         for batch in (64, 1):
             count = args.images if batch == 64 else args.images // 8
@@ -81,8 +85,8 @@ def main() -> None:
             row[f"speedup_vs_float32_leenet_batch{batch}"] = speed[f"float32 batch {batch}"] / s
         rows[name] = row
         calib = row["calibration"]
-        print(f"{name:22s} calib exits int8 {[round(a, 4) for a in calib['exit_accuracy_int8']]} "
-              f"(float32 {[round(a, 4) for a in calib['exit_accuracy_float32']]}); policy after refit "
+        print(f"{name:22s} calib exits int8 {_rounded(calib['exit_accuracy_int8'])} "
+              f"(float32 {_rounded(calib['exit_accuracy_float32'])}); policy after refit "
               f"{calib['policy_int8_after_refit']}; batch 64 {row['speedup_vs_float32_leenet_batch64']:.2f}x, "
               f"batch 1 {row['speedup_vs_float32_leenet_batch1']:.2f}x float32 LEENet", flush=True)
     out = {"question": __doc__.split("\n\n")[0], "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -6,10 +6,11 @@ QDQ form with per-channel int8 weights. Stage ``k``'s activation ranges are cali
 the already quantized stages ``0..k-1`` produce, i.e. on the inputs it will see when it runs,
 through :meth:`leenet_runtime.ExitRunner.feeds` and :meth:`~leenet_runtime.ExitRunner.step`.
 
-Only the backbone's nodes are quantized by default: the torch exporter names them
-``/stages.<k>/...`` (:class:`~leenet.export.onnx.StageGraph` holds the stage as
-``net.stages[k]``); heads (``/heads.<k>/...``) can be added, and gates and everything between
-(confidence features, ensembles) stay float32: they are tiny, and the gates decide on what they read.
+Nodes are chosen by name: the torch exporter names the backbone's ``/stages.<k>/...`` and the
+exit head's ``/heads.<k>/...`` (:class:`~leenet.export.onnx.StageGraph` holds them as
+``net.stages[k]`` and ``net.heads[k]``). Both are quantized by default (measured on Fashion-MNIST's
+deep heads: as accurate on calibration as float32 heads, 1.3x faster, docs/int8.md); the gates and
+everything between (confidence features, ensembles) stay float32: they are tiny, and they decide.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class QuantizeOptions:
     activations: str = "uint8"  # "uint8" or "int8": signed activations run slower on x86 (VNNI is u8 x s8)
     method: str = "minmax"  # activation range calibration: "minmax", "entropy" or "percentile"
     calib_images: int = 1024  # calibration images (a seeded sample of the split) that set the ranges
-    quantize: str = "backbone"  # "backbone" (heads and gates float32) or "backbone+heads"
+    quantize: str = "backbone+heads"  # "backbone+heads" (gates float32) or "backbone" (heads float32 too)
     seed: int = 0  # which calibration images set the ranges
 
     def __post_init__(self) -> None:

@@ -56,7 +56,7 @@ def test_int8_export_runs_in_the_same_runner(digits) -> None:
     manifest = read_manifest(digits["int8"])
     assert manifest.version == 3 and manifest.precision == "int8" and manifest.dtype == "float32"
     q = manifest.quantization
-    assert (q.format, q.activations, q.method, q.quantized) == ("QDQ", "uint8", "minmax", "backbone")
+    assert (q.format, q.activations, q.method, q.quantized) == ("QDQ", "uint8", "minmax", "backbone+heads")
     assert q.calibration_images == q.refit_images == len(digits["calib"].labels)
     runner, float_runner = ExitRunner(digits["int8"]), ExitRunner(digits["float32"])
     assert runner.exit_names == float_runner.exit_names and runner.class_names == float_runner.class_names
@@ -69,16 +69,24 @@ def test_int8_export_runs_in_the_same_runner(digits) -> None:
     np.testing.assert_array_equal(all_logits[rows, exit_index].argmax(1), logits.argmax(1))
 
 
-def test_backbone_nodes_are_int8_and_heads_and_gates_float32(digits) -> None:
-    for i, entry in enumerate(read_manifest(digits["int8"]).exits):
-        graph = onnx.load(str(digits["int8"] / entry.graph)).graph
+@pytest.mark.parametrize("part", ["backbone+heads", "backbone"])
+def test_backbone_and_heads_are_int8_and_gates_float32(digits, part: str, tmp_path) -> None:
+    export = digits["int8"]
+    if part == "backbone":
+        export = tmp_path / "int8"
+        export_int8(digits["run"], export, calib=digits["calib"], test=digits["test"], policy=POLICY,
+                    options=QuantizeOptions(quantize=part))
+    entries = read_manifest(export).exits
+    for i, entry in enumerate(entries):
+        graph = onnx.load(str(export / entry.graph)).graph
         quantized = {name for n in graph.node if n.op_type == "DequantizeLinear" for name in n.output}
-        convs = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-        backbone = [n for n in convs if n.name.startswith(f"/stages.{i}/")]
-        others = [n for n in convs if not n.name.startswith(f"/stages.{i}/")]
-        assert backbone and all(n.input[0] in quantized for n in backbone), entry.graph
-        assert others or i == len(read_manifest(digits["int8"]).exits) - 1
-        assert not any(n.input[0] in quantized for n in others), entry.graph
+        layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+        int8 = (f"/stages.{i}/", f"/heads.{i}/") if part == "backbone+heads" else (f"/stages.{i}/",)
+        inside = [n for n in layers if n.name.startswith(int8)]
+        outside = [n for n in layers if not n.name.startswith(int8)]
+        assert inside and all(n.input[0] in quantized for n in inside), entry.graph
+        assert outside or i == len(entries) - 1  # the gates' (and the float32 heads') layers
+        assert not any(n.input[0] in quantized for n in outside), entry.graph
 
 
 def test_every_exit_agrees_with_float32(digits) -> None:
