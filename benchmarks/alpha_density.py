@@ -1,4 +1,4 @@
-"""Does the learned policy's gap to thresholds close with more alphas? (issue 4, target (b)).
+"""Does the learned policy's gap to thresholds close with more alphas?
 
 Reuses the SDN heads of seed 0 that ``benchmarks/fashion_mnist.py --head sdn`` trained and
 cached (or trains and caches them the same way), then fits ``predict-error`` gates (range units)

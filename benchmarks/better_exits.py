@@ -1,4 +1,4 @@
-"""Better exits on the Fashion-MNIST benchmark (issue 18): deeper heads, self-distillation,
+"""Better exits on the Fashion-MNIST benchmark: deeper heads, self-distillation,
 cascaded heads and exit ensembles, each measured against the plain SDN heads and against the
 confidence thresholds on the same exits.
 
@@ -16,8 +16,8 @@ does, and caches the heads and every split's raw exit outputs next to the backbo
 ``sdn`` set in the file :mod:`benchmarks.fashion_mnist` reuses). ``eval`` fits each ensemble on
 the calibration split, then the benchmark's gate method with its budgets, and the confidence
 thresholds, on each set of exits; it writes one results.json (and report) per configuration
-under ``benchmarks/results/better_exits/`` with ``goals.json`` (the issue's goals); ``table``
-gathers them into ``summary.json`` and prints the table docs/benchmark.md shows.
+under ``benchmarks/results/better_exits/`` with ``goals.json`` (the study's goals); ``table``
+gathers them into ``summary.json`` and prints the table docs/benchmarks/better-exits.md shows.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def config_name(heads: str, ensemble: str, gates: str = "train") -> str:
 
 
 def summarize(results: dict, runs: list[dict], method: str) -> dict:
-    """The issue's goals for one configuration (gate method ``method``), mean ± std over the seeds."""
+    """The study's goals for one configuration (gate method ``method``), mean ± std over the seeds."""
     def point(name: str, policy: str = "leenet") -> dict | None:
         return next((p for p in results["operating_points"] if p["name"] == name and p["method"] == policy), None)
 

@@ -1,5 +1,4 @@
 """How often does a budget chosen on calibration hold on test, and what does its slack cost?
-(issue 4, budget mode).
 
 Budget mode (``leenet run --target-cost C`` / ``--max-drop D``) picks, among every (alpha,
 decision threshold) setting, the best one that meets the budget on the calibration split with

@@ -1,6 +1,6 @@
 """How far can any combination of the exits lift the final exit above the frozen backbone?
 
-Issue 18's <= 75 % goal asks for 0.2 pt above the backbone, and the best final exit so far (a
+The better-exits study's <= 75 % goal asks for 0.2 pt above the backbone, and the best final exit so far (a
 linear ensemble of the 12-epoch deep heads and the backbone) is 0.10 pt above it. This study
 asks whether a richer combiner of the same outputs, or more heads on the same features, would
 close the gap. It reads the outputs cached by ``better_exits.py train`` (no training, about a

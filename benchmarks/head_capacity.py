@@ -1,4 +1,4 @@
-"""Which exit-head shape to measure in full (issue 18's "wider or deeper early heads"): a quick
+"""Which exit-head shape to measure in full ("wider or deeper early heads"): a quick
 pilot on the Fashion-MNIST benchmark's frozen backbone, judged on the calibration split only.
 
 The benchmark's SDN heads fit their training data no better than held-out data (85.7 % on

@@ -1,6 +1,6 @@
 """How far below an equivalent method does a method's envelope dip? A yardstick for target (b).
 
-Target (b) of issue 4 asks LEENet's test envelope to reach the best threshold baseline's at
+Target (b) of the Fashion-MNIST benchmark asks LEENet's test envelope to reach the best threshold baseline's at
 *every* cost. This script measures that statistic where no method is better than the other:
 the same threshold baseline on the heads of another training seed (the three SDN head seeds
 that ``benchmarks/fashion_mnist.py --head sdn`` trained and cached), and max-softmax against

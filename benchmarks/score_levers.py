@@ -1,4 +1,4 @@
-"""Which gate score solves budgets best? (issue 4, target (b): levers that did and did not help).
+"""Which gate score solves budgets best? (target (b): levers that did and did not help).
 
 Behind the SDN heads of ``benchmarks/fashion_mnist.py --head sdn`` (reused from its per-seed
 cache, so run that first), solves a budget every ``--step`` of cost (0.005) on the calibration split

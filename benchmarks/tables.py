@@ -1,7 +1,7 @@
-"""Markdown tables from a benchmark's ``results.json`` (what docs/benchmark.md and the README quote).
+"""Markdown tables from a benchmark's ``results.json`` (what the pages under docs/benchmarks/ quote).
 
 ``python benchmarks/tables.py benchmarks/results/fashion_mnist_sdn/results.json`` prints the
-per-exit accuracies, the operating points of LEENet and both threshold baselines, the issue's
+per-exit accuracies, the operating points of LEENet and both threshold baselines, the benchmark's
 targets, budget mode and every gate method ("lever"), all as mean ± std over the seeds. The file is
 read through the results schema (``leenet.report.read_results``); the benchmark's own records
 (targets, levers, budget mode, machine) are its ``extra`` section.

@@ -1,4 +1,12 @@
-"""The `leenet` command: parse, build a config, call one library function, write the artifacts."""
+"""The `leenet` command: parse, build a config, call one library function, write the artifacts.
+
+Parsing, ``--help``, argument errors and the listings load no torch: this module imports only
+the torch-free ones (:mod:`leenet.config`, the dataset and backbone catalogs), and each
+command's function imports the library it calls when it runs. To add a command, write
+``_add_NAME(sub)``, which adds its parser and ``set_defaults(handler=_NAME)``, and ``_NAME(args,
+argv) -> int``, which imports what it needs and returns the exit status; list ``_add_NAME`` in
+:data:`COMMANDS`. ``tests/test_cli_imports.py`` checks that parsing stays light.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +18,17 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from leenet.backbones import BACKBONES, build_backbone, get_backbone_info
+from leenet.catalog import BACKBONE_CARDS, DATASET_INFO
 from leenet.config import (
     ALPHA_UNITS,
+    BACKBONE_TRAINING,
     CASCADE_KINDS,
     COST_UNITS,
     DEVICES,
+    ENGINES,
     ENSEMBLE_KINDS,
     HEAD_KINDS,
     LOSS_KINDS,
@@ -30,15 +41,8 @@ from leenet.config import (
     TrainConfig,
     parse_alphas,
 )
-from leenet.data import DATASETS
 from leenet.defaults import dataset_defaults
 from leenet.errors import LeenetError, brief
-from leenet.export import QuantizeOptions, export_int8, export_onnx
-from leenet.nn.split import describe_exit_points
-from leenet.pipeline import run
-from leenet.predict import ENGINES, predict_files
-from leenet.report import read_results, summary_table, write_report
-from leenet_runtime.predict import format_record
 
 EPILOG = """examples:
   leenet run                                   # digits + small CNN, about 30 s on 2 idle CPU cores
@@ -67,7 +71,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_run_parser(sub) -> None:
+def _add_run(sub) -> None:
     p = sub.add_parser(
         "run", help="train exits and gates, evaluate against baselines, write a run directory",
         description="Turn a classifier into an early-exit network with a learned exit policy, compare it\n"
@@ -141,6 +145,14 @@ def _add_run_parser(sub) -> None:
                         "loss, the rest on the labels (default: 0 = labels only)")
     t.add_argument("--distill-temperature", type=float, default=TrainConfig.distill_temperature, metavar="T",
                    help="softening temperature of --distill (default: %(default)s)")
+    t.add_argument("--backbone-training", choices=BACKBONE_TRAINING, default="frozen",
+                   help="after the heads are fitted: frozen (default) never changes the backbone; joint fine-tunes it "
+                        "with its heads (exit losses summed, early weights ramped up; the backbone at a tenth of the "
+                        "heads' learning rate; a quarter of the backbone's epochs), keeping on calibration the epoch "
+                        "with the best early exits of those whose final exit lost <= 0.1 pt (the frozen network if "
+                        "none beats it): better early exits if you can change your model; finetune tunes the backbone "
+                        "alone the same way, then fits the heads frozen: the control that tells joint's gain from "
+                        "more training")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
@@ -188,28 +200,35 @@ def _add_run_parser(sub) -> None:
                    "or epoch; give the run's other arguments again (a run with other settings is refused)")
     o.add_argument("--no-timing", action="store_true", help="skip the wall-clock measurement")
     o.add_argument("--quiet", action="store_true", help="no progress bars (nor, in a log, a line per epoch)")
+    p.set_defaults(handler=_run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="leenet", description="LEENet: early-exit networks with a learned exit policy.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_run_parser(sub)
+def _add_listings(sub) -> None:
     sub.add_parser("backbones", help="list the backbones in the registry with their default exits",
                    description="List the registered backbones: what each is, its multiply-adds at its native "
-                   "input size, and the exits used when --exits is not given.")
+                   "input size, and the exits used when --exits is not given.").set_defaults(handler=_backbones)
     sub.add_parser("datasets", help="list the datasets LEENet can load",
-                   description="List the datasets `leenet run --dataset` accepts, with their sizes.")
+                   description="List the datasets `leenet run --dataset` accepts, with their sizes.",
+                   ).set_defaults(handler=_datasets)
+
+
+def _add_exits(sub) -> None:
     e = sub.add_parser("exits", help="list the valid exit points of a backbone",
                        description="List where a backbone can be cut into stages: the names --exits accepts, one "
                        "per cut, in execution order.")
     e.add_argument("--arch", required=True, help="backbone: registry name, tv:NAME, timm:NAME or module.path:factory")
+    e.set_defaults(handler=_exits)
+
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="re-render report.html from a run directory's results.json",
                        description="Redraw report.html and its plots from the results.json of a finished run "
                        "(after an update of LEENet, or when drawing failed during the run).")
     r.add_argument("run_dir", help="the run directory holding results.json (e.g. runs/digits-digits_cnn-...)")
+    r.set_defaults(handler=_report)
+
+
+def _add_export(sub) -> None:
     x = sub.add_parser("export", help="export a run's model as one ONNX graph per stage plus manifest.json",
                        description="Write one ONNX graph per stage (features in; features, exit logits and the "
                        "gate's exit probability out; dynamic batch), and manifest.json with the preprocessing, class "
@@ -220,22 +239,53 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     x.add_argument("--int8", action="store_true", help="int8 stage graphs (onnxruntime static quantization, QDQ), "
                    "calibrated on the run's calibration images, the exit threshold refit on them; writes "
-                   "quantization.json (int8 vs float32); --out must be new")
-    x.add_argument("--calib-images", type=int, default=QuantizeOptions.calib_images,
-                   help=f"with --int8: calibration images that set the int8 ranges (default {QuantizeOptions.calib_images})")
+                   "quantization.json (int8 against float32); --out must be new")
+    x.add_argument("--calib-images", type=int, help="with --int8: calibration images that set the int8 ranges "
+                   "(default 1024)")
+    x.set_defaults(handler=_export)
+
+
+def _add_predict(sub) -> None:
     q = sub.add_parser("predict", help="classify image files with a run's model or an export",
                        description="Classify PNG/JPEG files (grey or RGB, any size) with the run's own preprocessing; "
                        "print per image the file, class, confidence, exit and the cost paid. Unreadable files get "
                        "one line each on stderr and the rest still run (exit status 1).")
     q.add_argument("model", help="a run directory (its model.pt; --engine torch) or an export directory (--engine onnx)")
     q.add_argument("images", nargs="+", help="image files or directories of them")
-    q.add_argument("--engine", choices=ENGINES, default="torch", help="torch (default) or onnx (onnxruntime)")
+    q.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch (default) or onnx (onnxruntime; does not load torch)")
     q.add_argument("--batch-size", type=int, default=64, help="images routed together (default 64)")
     q.add_argument("--json", action="store_true", help="one JSON object per line: file, class, class_index, "
                    "confidence, exit, exit_index, cost")
     q.add_argument("--value-max", type=float, help="value of full brightness in the files (default: their bit "
                    "depth's, 255 for 8-bit and 65535 for 16-bit, mapped onto the training images' range)")
     q.add_argument("--device", default="cpu", help="where the torch engine runs (default cpu)")
+    q.set_defaults(handler=_predict)
+
+
+def _add_serve(sub) -> None:
+    # A listing only: main() hands `leenet serve ...` to leenet_runtime's own parser, so the two
+    # commands cannot drift and parsing here loads nothing.
+    sub.add_parser("serve", help="serve an export over HTTP, batching built for exits (= leenet-runtime serve; "
+                   "see `leenet serve --help`)", add_help=False)
+
+
+# Each adds one or two subcommands, in the order `leenet --help` lists them, and sets ``handler``
+# to the function that carries the command out.
+COMMANDS: tuple[Callable[..., None], ...] = (
+    _add_run, _add_listings, _add_exits, _add_report, _add_export, _add_predict, _add_serve,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `leenet` argument parser; each subcommand's namespace carries its function as ``handler``."""
+    parser = _Parser(
+        prog="leenet", description="LEENet: early-exit networks with a learned exit policy.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -264,7 +314,8 @@ def run_config_from_args(args: argparse.Namespace):
                           num_classes=args.num_classes, transfer=args.transfer, cascade=args.cascade,
                           ensemble=args.ensemble, ensemble_final=args.ensemble_final),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, precision=args.precision, head_epochs=args.head_epochs,
-                          gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature),
+                          gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature,
+                          backbone_training=args.backbone_training),
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,
@@ -273,54 +324,81 @@ def run_config_from_args(args: argparse.Namespace):
     )
 
 
-def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
-    if args.command == "run":
-        if args.resume is not None and args.out not in (None, args.resume):
-            raise LeenetError("--resume names the run directory to continue: drop --out, or give the same one")
-        config = run_config_from_args(args)
-        if args.resume is not None:
-            config = dataclasses.replace(config, out=args.resume)
-        results = run(config, log=lambda m: print(m, file=sys.stderr), resume=args.resume is not None,
-                      on_stop=lambda out: _say_how_to_resume(argv, out))
-        if results is None:  # another process of a torchrun job: rank 0 prints
-            return 0
-        print(summary_table(results))
-        if "budget" in results:
-            print("budget: " + results["budget"]["message"])
-    elif args.command == "backbones":
-        for name, info in BACKBONES.items():
-            print(f"{name:18s} {info.description}\n{'':18s} default exits: {','.join(info.default_exits)}")
-    elif args.command == "datasets":
-        for name, entry in DATASETS.items():
-            print(f"{name:22s} {entry.description}")
-    elif args.command == "exits":
-        info = get_backbone_info(args.arch)
-        print(f"default: {','.join(info.default_exits)}")
-        listing, same = describe_exit_points(build_backbone(args.arch, num_classes=10))
-        print(f"valid:   {listing}")
-        print("(one name per cut, in execution order; a..b: the numbered modules from a to b"
-              + (f"; a block ends where its last child does, so {same[0]} and {same[1]} are the same cut)" if same
-                 else ")"))
-    elif args.command == "report":
-        run_dir = Path(args.run_dir)
-        results = read_results(run_dir / "results.json")  # one-line LeenetError if missing or damaged
-        try:
-            print(write_report(results, run_dir))
-        except (OSError, ValueError) as exc:
-            raise LeenetError(f"cannot draw the report of {run_dir} ({brief(exc)}): rerun `leenet run`") from None
-    elif args.command == "export":
-        if args.int8:
-            print(export_int8(args.run_dir, args.out, opset=args.opset,
-                              options=QuantizeOptions(calib_images=args.calib_images)))
-        else:
-            print(export_onnx(args.run_dir, args.out, opset=args.opset))
-    elif args.command == "predict":
-        return _predict(args)
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """`leenet run`: the arguments are checked (a RunConfig built) before torch is loaded."""
+    if args.resume is not None and args.out not in (None, args.resume):
+        raise LeenetError("--resume names the run directory to continue: drop --out, or give the same one")
+    config = run_config_from_args(args)
+    if args.resume is not None:
+        config = dataclasses.replace(config, out=args.resume)
+    from leenet.pipeline import run
+    from leenet.report import summary_table
+
+    results = run(config, log=lambda m: print(m, file=sys.stderr), resume=args.resume is not None,
+                  on_stop=lambda out: _say_how_to_resume(argv, out))
+    if results is None:  # another process of a torchrun job: rank 0 prints
+        return 0
+    print(summary_table(results))
+    if "budget" in results:
+        print("budget: " + results["budget"]["message"])
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    """`leenet predict`: one line (or JSON object) per image; 1 when some files could not be read."""
+def _backbones(args: argparse.Namespace, argv: list[str]) -> int:
+    for name, card in BACKBONE_CARDS.items():
+        print(f"{name:18s} {card.description}\n{'':18s} default exits: {','.join(card.default_exits)}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace, argv: list[str]) -> int:
+    for name, info in DATASET_INFO.items():
+        print(f"{name:22s} {info.description}")
+    return 0
+
+
+def _exits(args: argparse.Namespace, argv: list[str]) -> int:
+    from leenet.backbones import build_backbone, get_backbone_info
+    from leenet.nn.split import describe_exit_points
+
+    info = get_backbone_info(args.arch)
+    print(f"default: {','.join(info.default_exits)}")
+    listing, same = describe_exit_points(build_backbone(args.arch, num_classes=10))
+    print(f"valid:   {listing}")
+    print("(one name per cut, in execution order; a..b: the numbered modules from a to b"
+          + (f"; a block ends where its last child does, so {same[0]} and {same[1]} are the same cut)" if same
+             else ")"))
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    from leenet.report import read_results, write_report
+
+    run_dir = Path(args.run_dir)
+    results = read_results(run_dir / "results.json")  # one-line LeenetError if missing or damaged
+    try:
+        print(write_report(results, run_dir))
+    except (OSError, ValueError) as exc:
+        raise LeenetError(f"cannot draw the report of {run_dir} ({brief(exc)}): rerun `leenet run`") from None
+    return 0
+
+
+def _export(args: argparse.Namespace, argv: list[str]) -> int:
+    from leenet.export import QuantizeOptions, export_int8, export_onnx
+
+    if args.int8:
+        given = {} if args.calib_images is None else {"calib_images": args.calib_images}
+        print(export_int8(args.run_dir, args.out, opset=args.opset, options=QuantizeOptions(**given)))
+    else:
+        print(export_onnx(args.run_dir, args.out, opset=args.opset))
+    return 0
+
+
+def _predict(args: argparse.Namespace, argv: list[str]) -> int:
+    """`leenet predict`: one line (or JSON object) per image; 1 when some files could not be read.
+    The onnx engine goes through leenet_runtime alone, without torch."""
+    from leenet.predict import predict_files
+    from leenet_runtime.predict import format_record
+
     failed = []
 
     def report(message: str) -> None:
@@ -370,13 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leenet` console script; returns the exit status."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from leenet_runtime.cli import main as runtime_main
+
+        return runtime_main(argv, prog="leenet")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         with _sigterm_unwinds():
-            return _dispatch(args, argv)
+            return args.handler(args, argv)
     except LeenetError as exc:
         print(f"error: {brief(exc, limit=None)}", file=sys.stderr)  # one line, whatever a wrapped reason held
         return 2

@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
+from leenet.catalog import find_dataset
 from leenet.errors import LeenetError
 
 # The choices each setting takes (the CLI's `choices=` read these).
@@ -20,12 +21,15 @@ DEVICES = ("auto", "cpu", "cuda")
 COST_UNITS = ("flops", "latency")  # what an exit's cost counts
 CASCADE_KINDS = ("off", "detach", "grad")  # head i also reads head i-1's logits, see leenet.nn.combine
 ENSEMBLE_KINDS = ("off", "geometric", "linear")  # exit i combines heads 0..i, see leenet.nn.combine
+ENGINES = ("torch", "onnx")  # what `leenet predict` routes with, see leenet.predict
+BACKBONE_TRAINING = ("frozen", "finetune", "joint")  # after the heads are fitted, see leenet.finetune
+JOINT_WEIGHTINGS = ("ramp", "equilibrium")  # how a joint fine-tune balances its exits, see leenet.finetune
 
 TRAIN_SPLIT_BATCH = 2048  # predictor minibatch on the training split when none is given
 # Standard errors (of the calibration figure) of slack a budget keeps on calibration. A test
 # figure scatters around the calibration one by about sqrt(2) of them (two samples of the same
 # size), so 1.5 is about one standard error of that difference: a setting right at the budget
-# still holds on test most of the time (benchmarks/budget_hold.py; the figures are in docs/benchmark.md).
+# still holds on test most of the time (benchmarks/budget_hold.py; the figures are in docs/benchmarks/budgets.md).
 BUDGET_MARGIN = 1.5
 MAX_ALPHAS = 1001  # a sweep trains one set of gates per alpha
 MAX_LR = 100.0  # beyond any useful learning rate (1e300 would overflow the optimizer's float32 arithmetic)
@@ -157,6 +161,7 @@ class DataConfig:
     batch_size: int = 128  # training and evaluation batch size
 
     def __post_init__(self) -> None:
+        find_dataset(self.dataset)  # an unknown name fails here, before any data or torch is loaded
         size = self.calib_size
         if not (0 < size < 1 or (math.isfinite(size) and size >= 1 and size == int(size))):  # also NaN, inf
             raise LeenetError(f"--calib-size must be a fraction in (0, 1) or a whole number of images >= 1, got {size}")
@@ -179,8 +184,28 @@ class TrainConfig:
     # loss (self-distillation; 0 = labels only); None = dataset default
     distill_temperature: float = 3.0  # softening temperature of that distillation
     gates: GateTrainConfig | None = None  # gate objective and optimizer; None = the dataset's default
+    backbone_training: str = "frozen"  # "frozen": the backbone is never changed after its own training;
+    # "finetune": fine-tuned alone, then heads fitted frozen (the control); "joint": fine-tuned with its
+    # fitted heads on the exits' weighted losses (see leenet.finetune)
+    finetune_epochs: float = 0.25  # fine-tune length: a fraction (<1) of the backbone's epochs (of the
+    # dataset's default when the backbone came with --weights), or a whole number of epochs (>=1)
+    backbone_lr_scale: float = 0.1  # the fine-tune's backbone learning rate as a fraction of head_lr
+    joint_weighting: str = "ramp"  # joint: "ramp" (SDN: the early exits' loss weights ramped up linearly) or
+    # "equilibrium" (IMTA: every exit weighs 1, each stage gets the mean of its exits' gradients, not their sum)
 
     def __post_init__(self) -> None:
+        if self.backbone_training not in BACKBONE_TRAINING:
+            raise LeenetError(f"unknown --backbone-training '{self.backbone_training}' "
+                              f"(valid: {', '.join(BACKBONE_TRAINING)})")
+        if self.joint_weighting not in JOINT_WEIGHTINGS:
+            raise LeenetError(f"unknown joint_weighting '{self.joint_weighting}' (valid: {', '.join(JOINT_WEIGHTINGS)})")
+        size = self.finetune_epochs
+        if not (0 < size < 1 or (math.isfinite(size) and size >= 1 and size == int(size))):  # also NaN, inf
+            raise LeenetError(f"finetune_epochs must be a fraction in (0, 1) of the backbone's epochs or a whole "
+                              f"number of epochs >= 1, got {size}")
+        if not 0 < self.backbone_lr_scale <= 1:  # also NaN
+            raise LeenetError(f"backbone_lr_scale is the backbone's share of the heads' learning rate, in (0, 1] "
+                              f"(0.1 is typical), got {self.backbone_lr_scale}")
         for name in ("epochs", "head_epochs"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from leenet.catalog import DATASET_INFO, find_dataset
 from leenet.datasets.cifar import CIFAR10, CIFAR100, read_cifar
 from leenet.datasets.digits import read_digits
 from leenet.datasets.folder import (
@@ -89,7 +89,8 @@ FormReader = Callable[[str, Path | None, bool], ArrayData | FolderData]  # (rest
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One registered dataset, or one form of dataset names (``hf:NAME[:CONFIG]``)."""
+    """One registered dataset, or one form of dataset names (``hf:NAME[:CONFIG]``): its
+    :class:`~leenet.catalog.DatasetInfo` and its reader."""
 
     description: str  # one line for ``--help`` and listings
     read: Reader | FormReader  # a FormReader when ``prefix`` is set, else a Reader
@@ -97,25 +98,19 @@ class DatasetEntry:
     prefix: str | None = None  # names starting with it are this form's, e.g. "hf:"; None = one dataset
 
 
-DATASETS: dict[str, DatasetEntry] = {
-    "digits": DatasetEntry("scikit-learn 8x8 digits, embedded, no files needed "
-                           "(1437 train / 360 test, 10 classes)", read_digits, None),
-    "fashion-mnist": DatasetEntry("Fashion-MNIST idx files, 1x28x28 (60k / 10k, 10 classes)",
-                                  read_fashion_mnist, None),
-    "cifar10": DatasetEntry("CIFAR-10 python release, 3x32x32 (50k / 10k, 10 classes)",
-                            partial(read_cifar, CIFAR10), None),
-    "cifar100": DatasetEntry("CIFAR-100 python release, fine labels, 3x32x32 (50k / 10k, 100 classes)",
-                             partial(read_cifar, CIFAR100), None),
-    "imagenette": DatasetEntry("ImageNette 320px ImageFolder tree, 3x224x224 "
-                               "(9469 train / 3925 val, 10 classes)", read_imagenette, 224),
-    "folder": DatasetEntry("any ImageFolder tree DIR/train/<class>/*, DIR/val/<class>/*, "
-                           "RGB, 224x224 by default", read_folder, 224),
-    "hf:NAME[:CONFIG]": DatasetEntry("a Hugging Face dataset from the offline cache (--download fetches it), "
-                                     "e.g. hf:uoft-cs/cifar10; needs pip install 'leenet[hf]'", read_hub, None,
-                                     prefix="hf:"),
-    "hf-local:DIR[:CONFIG]": DatasetEntry("Hugging Face parquet/arrow files in the Hub's layout, or a "
-                                          "save_to_disk folder, e.g. hf-local:~/data/cifar10", read_local, None,
-                                          prefix="hf-local:"),
+_READERS: dict[str, Reader | FormReader] = {
+    "digits": read_digits,
+    "fashion-mnist": read_fashion_mnist,
+    "cifar10": partial(read_cifar, CIFAR10),
+    "cifar100": partial(read_cifar, CIFAR100),
+    "imagenette": read_imagenette,
+    "folder": read_folder,
+    "hf:NAME[:CONFIG]": read_hub,
+    "hf-local:DIR[:CONFIG]": read_local,
+}
+DATASETS: dict[str, DatasetEntry] = {  # the catalog's order; a dataset without a reader fails here, at import
+    name: DatasetEntry(info.description, _READERS[name], info.default_image_size, info.prefix)
+    for name, info in DATASET_INFO.items()
 }
 
 
@@ -126,13 +121,8 @@ def dataset_names() -> list[str]:
 
 def _lookup(name: str) -> tuple[DatasetEntry, Reader]:
     """The entry that ``name`` belongs to and its reader, with a form's name part bound."""
-    for entry in DATASETS.values():
-        if entry.prefix is not None and name.startswith(entry.prefix):
-            return entry, partial(entry.read, name[len(entry.prefix):])
-    entry = DATASETS.get(name)
-    if entry is None or entry.prefix is not None:
-        raise DataError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
-    return entry, entry.read
+    entry = DATASETS[find_dataset(name)]
+    return entry, entry.read if entry.prefix is None else partial(entry.read, name[len(entry.prefix):])
 
 
 def _calib_count(calib_size: int | float, n: int) -> int:
@@ -165,6 +155,8 @@ def split_calibration(labels: Tensor, calib_size: int | float, seed: int) -> tup
     Returns:
         Sorted, disjoint int64 index tensors covering ``0..N-1``.
     """
+    from sklearn.model_selection import train_test_split  # scikit-learn (1-2 s to import) for this split alone
+
     n = len(labels)
     count = _calib_count(calib_size, n)
     idx = np.arange(n)

@@ -1,7 +1,7 @@
 """Per-dataset defaults, and the one place a run's unset (None) settings are filled in.
 
 Chosen by measurement (benchmarks/objective_forms.py on digits, benchmarks/fashion_mnist.py;
-docs/benchmark.md): with digits' 287 calibration images the hard-target gates on confidence
+docs/benchmarks/): with digits' 287 calibration images the hard-target gates on confidence
 features win; with 10k calibration images gates that predict their exit's correctness win,
 helped by pooled features behind weak pooled-linear heads but not behind SDN heads.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from leenet.backbones.registry import get_backbone_info
 from leenet.config import GateConfig, GateTrainConfig, RunConfig
 
 
@@ -34,7 +33,7 @@ class DatasetDefaults:
 _SMALL_CALIB = {"gate": GateConfig(), "gate_train": GateTrainConfig(objective="hard", loss="ce")}
 _LARGE_CALIB = {"gate": GateConfig(pooled=True), "gate_train": GateTrainConfig(objective="predict", loss="error")}
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
-    # 8x8 digit maps lose their shape when pooled: flatten heads see it (measured in docs/benchmark.md).
+    # 8x8 digit maps lose their shape when pooled: flatten heads see it (measured in docs/benchmarks/).
     "digits": DatasetDefaults("digits_cnn", 40, 0.05, "fp32", 30, "flatten", **_SMALL_CALIB),
     # The benchmark's recipe (benchmarks/fmnist_backbone.py). Deep heads (benchmarks/better_exits.py:
     # +0.43 pt at half the FLOPs, 0.338 instead of 0.486 of the cost within 0.5 pt, on calibration).
@@ -71,8 +70,14 @@ def resolve(config: RunConfig) -> RunConfig:
     """``config`` with every setting left unset (None) filled in from its dataset's defaults.
 
     The backbone is trained for the dataset's epochs without weights or with ``--transfer``,
-    and kept as it is (0 epochs) with weights; exits default to the backbone's own.
+    and kept as it is (0 epochs) with weights; exits default to the backbone's own. A fine-tune
+    length given as a fraction becomes whole epochs: of the backbone's, or of the dataset's
+    default epochs when the backbone was kept as it is (at least one).
     """
+    # The registry (torch, torchvision) only to fill in exits: the command line builds and checks a
+    # config before it loads them.
+    from leenet.backbones.registry import get_backbone_info
+
     d = dataset_defaults(config.data.dataset)
     model, train = config.model, config.train
     arch = model.arch or d.arch
@@ -80,6 +85,8 @@ def resolve(config: RunConfig) -> RunConfig:
         epochs = train.epochs
     else:
         epochs = d.epochs if model.weights is None or model.transfer else 0
+    tune = train.finetune_epochs
+    tune = int(tune) if tune >= 1 else max(1, round(tune * (epochs or d.epochs)))
     return replace(
         config,
         model=replace(model, arch=arch, exits=tuple(model.exits or get_backbone_info(arch).default_exits),
@@ -87,5 +94,6 @@ def resolve(config: RunConfig) -> RunConfig:
                       ensemble=model.ensemble or d.ensemble),
         train=replace(train, epochs=epochs, lr=train.lr or d.lr, precision=train.precision or d.precision,
                       head_epochs=d.head_epochs if train.head_epochs is None else train.head_epochs,
-                      gates=train.gates or d.gate_train, distill=d.distill if train.distill is None else train.distill),
+                      gates=train.gates or d.gate_train, distill=d.distill if train.distill is None else train.distill,
+                      finetune_epochs=tune),
     )

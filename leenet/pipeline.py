@@ -42,7 +42,16 @@ from leenet.report import (
 from leenet.report.results import GallerySection
 from leenet.resume import RunState
 from leenet.rundir import STAGES, claim_dir, prepare_out_dir, resume_dir, warn, write_json
-from leenet.stages import Log, backbone_stage, cache_stage, ensemble_stage, eval_loader, gates_stage, heads_stage
+from leenet.stages import (
+    Log,
+    backbone_stage,
+    cache_stage,
+    ensemble_stage,
+    eval_loader,
+    finetune_stage,
+    gates_stage,
+    heads_stage,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,8 +137,15 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
                        head=config.model.head, gate_config=config.model.gate,
                        cascade=config.model.cascade).to(procs.device)
     log("exits: " + ", ".join(f"{n} (cost {c:.3f})" for n, c in zip(net.exit_names, net.cost.tolist())))
+    tuning, tuned = config.train.backbone_training, None
+    if tuning == "finetune":  # the backbone alone first, then heads fitted on it frozen
+        with timer.phase("finetune"):
+            tuned = finetune_stage(net, config, splits, procs, state, log)
     with timer.phase("heads"):
         heads_stage(net, config, splits, procs, state, log)
+    if tuning == "joint":  # the backbone with the heads fitted on it frozen
+        with timer.phase("finetune"):
+            tuned = finetune_stage(net, config, splits, procs, state, log)
     with timer.phase("cache"):
         caches = cache_stage(net, config, splits, procs, state, log)
     if not procs.is_main:  # gates, evaluation and every file are rank 0's
@@ -153,7 +169,7 @@ def _run_into(out: Path | None, asked: RunConfig, config: RunConfig, procs: Proc
         "unit": config.cost, "flops": flops_costs.to_dict(),
         "latency": None if latency is None else latency.to_dict()}
     # what the run resolved where the config said None (a dataset default): the report shows these
-    results["backbone"]["training"] = trained
+    results["backbone"]["training"] = {**trained, "mode": tuning, "fine_tune": tuned}
     results["heads"] = {"kind": config.model.head, "epochs": config.train.head_epochs, "lr": config.train.head_lr,
                         "distill": config.train.distill, "distill_temperature": config.train.distill_temperature,
                         "cascade": config.model.cascade, "ensemble": config.model.ensemble,

@@ -9,18 +9,20 @@ results with :func:`leenet_runtime.predict.make_records`, so their records are t
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from leenet.config import ENGINES
 from leenet.errors import LeenetError
-from leenet.export.metadata import load_run
 from leenet_runtime import ExitRunner, ExportError
 from leenet_runtime.manifest import MANIFEST_NAME
 from leenet_runtime.predict import iter_batches, make_records, predict, report_error
 
-ENGINES = ("torch", "onnx")
+if TYPE_CHECKING:
+    import torch
 
 
 def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine: str = "torch",
@@ -34,7 +36,7 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         paths: image files, or directories whose image files are read in name order.
         engine: ``"torch"`` routes with :class:`~leenet.ExitNet`; ``"onnx"`` with
             :class:`leenet_runtime.ExitRunner` (CUDA if onnxruntime has it, else CPU; on the
-            CPU with ``torch.get_num_threads()`` threads, like the torch engine).
+            CPU with as many threads as the torch engine, without loading torch).
         batch_size: images routed together.
         value_max: file value of full brightness (default: the files' bit depth's, 255 for 8-bit,
             which maps onto the training images' range, e.g. 0..16 for digits).
@@ -60,9 +62,7 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         raise LeenetError(f"{path} is an ONNX export: use the onnx engine (--engine onnx), or pass the run directory")
     try:
         if engine == "onnx":
-            # as many threads as torch uses (OMP_NUM_THREADS): onnxruntime's default, every core,
-            # spins and runs several times slower on a shared machine
-            runner = ExitRunner(path, threads=torch.get_num_threads())
+            runner = ExitRunner(path, threads=_cpu_threads())
             yield from predict(runner, paths, batch_size=batch_size, value_max=value_max, on_error=on_error)
         else:
             yield from _predict_torch(path, paths, batch_size=batch_size, value_max=value_max, device=device,
@@ -71,8 +71,24 @@ def predict_files(model_path: str | Path, paths: Sequence[str | Path], *, engine
         raise LeenetError(str(exc)) from None
 
 
+def _cpu_threads() -> int | None:
+    """Threads for onnxruntime on the CPU: as many as torch uses, the onnx engine without loading it.
+
+    Torch's count where the caller has torch (it follows ``torch.set_num_threads``), else
+    ``OMP_NUM_THREADS`` (onnxruntime's default, every core, spins and runs several times slower
+    on a shared machine), else None: onnxruntime's default, one per physical core like torch's.
+    """
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+
+
 def _predict_torch(path: Path, paths: Sequence[str | Path], *, batch_size: int, value_max: float | None,
                    device: str | torch.device, on_error: Callable[[str], None]) -> Iterator[dict]:
+    import torch  # the torch engine's alone: `leenet predict --engine onnx` runs without it
+
+    from leenet.export.metadata import load_run
+
     net, prep, class_names = load_run(path, map_location=device)
     costs = net.routed_cost().tolist()
     for batch, files in iter_batches(paths, prep, batch_size=batch_size, value_max=value_max, on_error=on_error):

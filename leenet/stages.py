@@ -16,6 +16,7 @@ from leenet.config import RunConfig
 from leenet.data import Splits, make_loader
 from leenet.distributed import Processes, ShardedLoader, gather
 from leenet.errors import DataError, LeenetError
+from leenet.finetune import finetune_backbone
 from leenet.nn.combine import ensemble_for
 from leenet.nn.model import ExitNet
 from leenet.nn.split import split_backbone
@@ -138,6 +139,37 @@ def heads_stage(net: ExitNet, config: RunConfig, splits: Splits, procs: Processe
     state.save("heads", {"state": net.heads.state_dict(),
                          "cascade": None if net.cascade is None else net.cascade.state_dict()})
     state.drop("heads-epoch")
+
+
+def finetune_stage(net: ExitNet, config: RunConfig, splits: Splits, procs: Processes, state: RunState,
+                   log: Log) -> dict:
+    """Fine-tune the backbone as ``--backbone-training`` says (alone before the heads, or jointly
+    with the fitted heads), or reuse the fine-tune saved; returns its record for results.json."""
+    train, device = config.train, procs.device
+    joint = train.backbone_training == "joint"
+    parts = {"stages": net.stages, **({"heads": net.heads, "cascade": net.cascade} if joint else {})}
+    saved = state.load("finetune")
+    if saved is not None:
+        for key, module in parts.items():
+            if module is not None:
+                module.load_state_dict(saved[key])
+        freeze_(net.stages)
+        net.heads.eval()
+        return saved["record"]
+    loader = _train_loader(config, procs, splits.train)
+    epochs = int(train.finetune_epochs)
+    log(f"{train.backbone_training}: fine-tuning the backbone{' with its heads' if joint else ''} for {epochs} "
+        f"epoch{'s' * (epochs != 1)}, backbone learning rate {train.head_lr * train.backbone_lr_scale:g}")
+    record = finetune_backbone(
+        net, lambda: iter(loader), lambda: iter(eval_loader(config, splits.calib)), steps_per_epoch=len(loader),
+        epochs=epochs, joint=joint, lr=train.head_lr, backbone_lr_scale=train.backbone_lr_scale,
+        distill=train.distill, temperature=train.distill_temperature, weighting=train.joint_weighting, device=device,
+        precision=resolve_precision(train.precision, device.type), progress=config.progress, procs=procs, log=log,
+        checkpoint=EpochCheckpoint(state, "finetune-epoch", loader, epochs))
+    state.save("finetune", {**{key: None if m is None else m.state_dict() for key, m in parts.items()},
+                            "record": record})
+    state.drop("finetune-epoch")
+    return record
 
 
 def cache_stage(net: ExitNet, config: RunConfig, splits: Splits, procs: Processes, state: RunState,

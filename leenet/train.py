@@ -285,9 +285,29 @@ class _HeadLosses(nn.Module):
 
     def head_loss(self, logits: Tensor, y: Tensor, soft: Tensor | None) -> Tensor:
         """Cross-entropy with the labels, mixed with the KL divergence from the softened backbone."""
-        hard = F.cross_entropy(logits, y)
         if soft is None or self.distill == 0:
-            return hard
-        t = self.temperature
-        kl = F.kl_div((logits.float() / t).log_softmax(-1), soft, log_target=True, reduction="batchmean")
-        return (1 - self.distill) * hard + self.distill * t * t * kl
+            return F.cross_entropy(logits, y)
+        return distilled_loss(logits[:, None], y, soft, self.distill, self.temperature)[0]
+
+
+def distilled_loss(logits: Tensor, y: Tensor, teacher: Tensor | None, distill: float, temperature: float) -> Tensor:
+    """Each exit's loss: ``(1 - distill) * CE(exit, labels) + distill * T^2 * KL(teacher_T || exit_T)``.
+
+    Args:
+        logits: (B, E, C) the logits of E exits.
+        y: (B,) labels.
+        teacher: (B, C) the teacher's log-probabilities at temperature ``T`` (its logits / T,
+            log-softmaxed), or None (labels only).
+        distill: the teacher's weight in [0, 1].
+        temperature: T > 0.
+
+    Returns:
+        (E,) each exit's loss, a mean over the batch.
+    """
+    hard = F.cross_entropy(logits.float().transpose(1, 2), y[:, None].expand(-1, logits.shape[1]),
+                           reduction="none").mean(0)  # (E,)
+    if teacher is None or distill == 0:
+        return hard
+    student = (logits.float() / temperature).log_softmax(-1)  # (B, E, C)
+    kl = F.kl_div(student, teacher[:, None].expand_as(student), log_target=True, reduction="none").sum(-1).mean(0)
+    return (1 - distill) * hard + distill * temperature * temperature * kl

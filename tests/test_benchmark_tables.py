@@ -1,4 +1,4 @@
-"""The benchmark's table printer on the committed results files (what the README and docs quote)."""
+"""The benchmark's table printer on the committed results files (what the pages under docs/benchmarks/ quote)."""
 
 import subprocess
 import sys

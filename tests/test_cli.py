@@ -49,7 +49,8 @@ def test_results_schema(digits_run: Path) -> None:
     assert {"backbone", "heads", "gates", "evaluate"} <= results["timings"].keys()
     assert "multiply-adds" in results["flops_convention"]
     # the settings the run resolved where it used a dataset default (FAST sets 12 epochs and 5 head epochs)
-    assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False}
+    assert results["backbone"]["training"] == {"epochs": 12, "lr": 0.05, "precision": "fp32", "transfer": False,
+                                              "mode": "frozen"}
     assert results["heads"] == {"kind": "flatten", "epochs": 5, "lr": 2e-3, "distill": 0.0, "distill_temperature": 3.0,
                                 "cascade": "off", "ensemble": "off"}  # no ensemble_final: None is left out
 
@@ -459,3 +460,17 @@ def test_cost_latency_prices_exits_in_measured_time(tmp_path: Path) -> None:
     assert load_checkpoint(out / "model.pt").cost.tolist() == pytest.approx(cost["latency"]["relative"])
     with pytest.raises(SystemExit):
         main(["run", "--cost", "seconds"])
+
+
+def test_backbone_training_reaches_the_config_and_unknown_modes_list_the_valid_ones(capsys) -> None:
+    from leenet.cli import run_config_from_args
+
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    assert "finetune tunes the backbone alone the same way" in help_text
+    assert run_config_from_args(build_parser().parse_args(["run"])).train.backbone_training == "frozen"
+    joint = build_parser().parse_args(["run", "--backbone-training", "joint"])
+    assert run_config_from_args(joint).train.backbone_training == "joint"
+    with pytest.raises(SystemExit):
+        main(["run", "--backbone-training", "joined"])
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and all(m in err for m in ("'frozen'", "'finetune'", "'joint'")), err

@@ -49,3 +49,12 @@ def test_unknown_datasets_take_the_folder_defaults_and_hub_copies_their_original
     assert dataset_defaults("hf:uoft-cs/cifar10") is DATASET_DEFAULTS["cifar10"]
     assert dataset_defaults("hf-local:~/data/imagenette2:320px") is DATASET_DEFAULTS["imagenette"]
     assert dataset_defaults("hf:zalando-datasets/fashion_mnist") is DATASET_DEFAULTS["fashion-mnist"]
+
+
+def test_a_fine_tune_fraction_becomes_whole_epochs_of_the_backbones_or_the_datasets() -> None:
+    assert resolve(RunConfig()).train.finetune_epochs == 10  # a quarter of digits' 40
+    assert resolve(RunConfig(train=TrainConfig(epochs=6, finetune_epochs=0.5))).train.finetune_epochs == 3
+    assert resolve(RunConfig(train=TrainConfig(epochs=1, finetune_epochs=0.1))).train.finetune_epochs == 1  # at least one
+    kept = resolve(RunConfig(model=ModelConfig(weights="w.pt"), train=TrainConfig(finetune_epochs=0.5)))
+    assert kept.train.epochs == 0 and kept.train.finetune_epochs == DATASET_DEFAULTS["digits"].epochs // 2
+    assert resolve(RunConfig(train=TrainConfig(finetune_epochs=7))).train.finetune_epochs == 7

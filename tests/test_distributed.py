@@ -171,3 +171,17 @@ def test_two_process_run_killed_in_head_training_resumes_to_the_same_results(two
     for results in same:
         results.pop("timings"), results["config"].pop("out")
     assert same[0] == same[1]
+
+
+@pytest.mark.slow  # a 2-process run through torchrun, about 40 s
+def test_two_process_joint_fine_tune_runs_on_every_rank_and_logs_once(tmp_path: Path) -> None:
+    out = tmp_path / "joint"
+    done = _torchrun("-m", "leenet", "run", "--out", str(out), *RUN, "--epochs", "4", "--backbone-training", "joint",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tuned = read_results(out / "results.json").backbone.training.fine_tune
+    assert tuned.mode == "joint" and tuned.epochs == 1 and len(tuned.final_accuracy) == 2
+    log = done.stderr.splitlines()
+    assert sum(line.startswith("joint epoch 1/1") for line in log) == 1, done.stderr
+    assert [line.split(" ")[1] for line in log if line.startswith("joint: ")] == [
+        "fine-tuning", "no" if tuned.fell_back else "kept"], "the start and the choice, from rank 0 alone"

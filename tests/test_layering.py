@@ -9,12 +9,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "leenet"
 LAYERS = [  # lowest first; a module may import from its own layer and every layer before it
     {"errors", "version", "progress", "files"},
-    {"config"},
+    {"config", "catalog"},
     {"nn"},
     {"backbones", "datasets"},
     {"data"},
     {"checkpoint", "defaults", "preflight", "rundir", "distributed", "resume"},
     {"train", "policy"},
+    {"finetune"},
     {"evaluate"},
     {"report", "export"},
     {"predict"},

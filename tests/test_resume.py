@@ -117,3 +117,27 @@ def test_stage_files_are_written_whole_and_read_as_plain_tensors(tmp_path: Path)
     atomic_save({"w": torch.zeros(3)}, path)  # replaced, never half written
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["stage.pt"]
+
+
+JOINT = ["--epochs", "12", "--head-epochs", "4", "--backbone-training", "joint", "--alphas", "0,0.5,1",
+         "--gate-steps", "30", "--no-timing"]  # a quarter of 12 backbone epochs: 3 joint epochs
+
+
+@pytest.mark.slow  # three digits runs in subprocesses, about 30 s
+def test_a_run_killed_in_its_joint_fine_tune_resumes_to_the_same_results(tmp_path: Path) -> None:
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_leenet("--out", str(whole), *JOINT), env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_leenet("--out", str(out), *JOINT), env=ENV, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    for text in proc.stderr:
+        if text.startswith("joint epoch 1/3"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (out / "results.json").exists() and (out / "stages" / "finetune-epoch.pt").is_file()
+    done = subprocess.run(_leenet(*JOINT, "--resume", str(out)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reused = r"^resume: reusing backbone, finetune-epoch \(epoch [12]/3\), heads from "
+    assert re.search(reused, done.stderr, re.M), done.stderr
+    assert _results(out) == _results(whole)
+    assert _results(out)["backbone"]["training"]["fine_tune"]["epochs"] == 3

@@ -31,6 +31,7 @@ from leenet.backbones.weights import (
     read_state_dict,
     replace_classifier,
 )
+from leenet.catalog import BACKBONE_CARDS, BackboneCard
 from leenet.errors import CheckpointError, LeenetError
 from leenet.nn.attach import BUILD_ATTRIBUTE
 
@@ -59,67 +60,35 @@ class BackboneInfo:
     description: str
 
 
-_RESNET_EXITS = ("layer1", "layer2", "layer3")
-# features.N after VGG-11's 2nd, 3rd and 4th max-pool (tests check them against the built model)
-_VGG11_EXITS = ("features.5", "features.10", "features.15")
-_VGG11_BN_EXITS = ("features.7", "features.14", "features.21")
-_DENSENET_EXITS = ("features.denseblock1", "features.denseblock2", "features.denseblock3")
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    return functools.partial(external.build_torchvision, name)
 
 
-def _registry(*infos: BackboneInfo) -> dict[str, BackboneInfo]:
-    return {info.name: info for info in infos}
+# name → (builder, torchvision weights enum or None); what each is, its exits and input size: BACKBONE_CARDS
+_CODE: dict[str, tuple[Callable[..., nn.Module], type | None]] = {
+    "digits_cnn": (DigitsCNN, None),
+    "small_resnet": (SmallResNet, None),
+    "resnet50": (_torchvision("resnet50"), torchvision.models.ResNet50_Weights),
+    "vgg11_bn": (_torchvision("vgg11_bn"), torchvision.models.VGG11_BN_Weights),
+    "vgg11": (_torchvision("vgg11"), torchvision.models.VGG11_Weights),
+    "densenet121": (_torchvision("densenet121"), torchvision.models.DenseNet121_Weights),
+    "resnet50_cifar": (resnet50_cifar, None),
+    "vgg11_bn_cifar": (functools.partial(VGGCifar, batch_norm=True), None),
+    "vgg11_cifar": (functools.partial(VGGCifar, batch_norm=False), None),
+    "densenet121_cifar": (densenet121_cifar, None),
+}
 
 
-BACKBONES: dict[str, BackboneInfo] = _registry(
-    BackboneInfo(
-        "digits_cnn", DigitsCNN, ("block1", "block2"), input_size=8, imagenet_normalization=False,
-        weights_enum=None, description="3-block CNN for 8x8 grey digits, 1.2 M MACs",
-    ),
-    BackboneInfo(
-        "small_resnet", SmallResNet, ("layer1.0", "layer1", "layer2", "layer3.0"), input_size=28,
-        imagenet_normalization=False, weights_enum=None,
-        description="ResNet, 3 stages of 2 BasicBlocks (24/48/96 wide) for 28-32 px, 45 M MACs at 28 px",
-    ),
-    BackboneInfo(
-        "resnet50", functools.partial(external.build_torchvision, "resnet50"), _RESNET_EXITS, input_size=224,
-        imagenet_normalization=True, weights_enum=torchvision.models.ResNet50_Weights,
-        description="torchvision ResNet-50 for 224 px, 4.1 G MACs",
-    ),
-    BackboneInfo(
-        "vgg11_bn", functools.partial(external.build_torchvision, "vgg11_bn"), _VGG11_BN_EXITS, input_size=224,
-        imagenet_normalization=True, weights_enum=torchvision.models.VGG11_BN_Weights,
-        description="torchvision VGG-11 with batch norm for 224 px, 7.6 G MACs",
-    ),
-    BackboneInfo(
-        "vgg11", functools.partial(external.build_torchvision, "vgg11"), _VGG11_EXITS, input_size=224,
-        imagenet_normalization=True, weights_enum=torchvision.models.VGG11_Weights,
-        description="torchvision VGG-11 for 224 px, 7.6 G MACs",
-    ),
-    BackboneInfo(
-        "densenet121", functools.partial(external.build_torchvision, "densenet121"), _DENSENET_EXITS,
-        input_size=224, imagenet_normalization=True, weights_enum=torchvision.models.DenseNet121_Weights,
-        description="torchvision DenseNet-121 for 224 px, 2.8 G MACs",
-    ),
-    BackboneInfo(
-        "resnet50_cifar", resnet50_cifar, _RESNET_EXITS, input_size=32, imagenet_normalization=False,
-        weights_enum=None, description="ResNet-50, 3x3 stride-1 stem, no max-pool, for 32 px, 1.3 G MACs",
-    ),
-    BackboneInfo(
-        "vgg11_bn_cifar", functools.partial(VGGCifar, batch_norm=True), _VGG11_BN_EXITS, input_size=32,
-        imagenet_normalization=False, weights_enum=None,
-        description="VGG-11-BN features, global pool, linear, for 32 px, 153 M MACs",
-    ),
-    BackboneInfo(
-        "vgg11_cifar", functools.partial(VGGCifar, batch_norm=False), _VGG11_EXITS, input_size=32,
-        imagenet_normalization=False, weights_enum=None,
-        description="VGG-11 features, global pool, linear, for 32 px, 153 M MACs",
-    ),
-    BackboneInfo(
-        "densenet121_cifar", densenet121_cifar, _DENSENET_EXITS, input_size=32,
-        imagenet_normalization=False, weights_enum=None,
-        description="DenseNet-121, 3x3 stride-1 stem, no max-pool, for 32 px, 0.89 G MACs",
-    ),
-)
+def _info(name: str, card: BackboneCard) -> BackboneInfo:
+    builder, weights_enum = _CODE[name]  # a card without code fails here, at import
+    return BackboneInfo(name, builder, card.default_exits, input_size=card.input_size,
+                        imagenet_normalization=card.imagenet_normalization, weights_enum=weights_enum,
+                        description=card.description)
+
+
+BACKBONES: dict[str, BackboneInfo] = {name: _info(name, card) for name, card in BACKBONE_CARDS.items()}
+"""The registered backbones by name: builder, default exits, input size and description
+(``leenet backbones`` lists them; ``tv:``, ``timm:`` and ``module:factory`` names need no entry)."""
 
 
 def backbone_names() -> list[str]:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from leenet.datasets.memory import ArrayData, Augment
 from leenet.errors import DataError
@@ -34,6 +32,9 @@ def read_digits(data_dir: Path | None = None, download: bool = False) -> ArrayDa
         raise DataError(f"digits ships inside scikit-learn and reads no files, so --data-dir {data_dir} would be "
                         "ignored: drop it, or pick a dataset that reads one (fashion-mnist, cifar10, cifar100, "
                         "imagenette, folder)")
+    from sklearn.datasets import load_digits  # scikit-learn (1-2 s to import) for this dataset alone
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     images = np.asarray(bunch.images, dtype=np.uint8)[:, None]  # (N, 1, 8, 8), 0..16
     labels = np.asarray(bunch.target, dtype=np.int64)

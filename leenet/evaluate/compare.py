@@ -66,7 +66,8 @@ def envelope_gap(leenet_points: Sequence[Point], baseline_points: Sequence[Point
     Args:
         leenet_points: ``(cost, accuracy)`` of the method under test.
         baseline_points: ``(cost, accuracy)`` of the baseline.
-        lo, hi: the cost range compared (``lo < hi``).
+        lo: the low end of the cost range compared (``lo < hi``).
+        hi: the high end of the cost range compared.
         tol: a point counts at cost ``c`` when it costs at most ``c + tol`` (a policy whose
             cheapest setting sends a handful of test samples past the first exit then still
             counts at the first exit's cost).
@@ -161,7 +162,8 @@ def versus_thresholds(policies: Sequence[dict], lo: float, hi: float = 1.0) -> d
         policies: a run's ``results.json`` policy entries (``method``, ``param``, ``cost``,
             ``accuracy``): the ``leenet`` α-curve, the ``leenet_budget`` curve when present, and
             the ``max_softmax`` / ``entropy`` baselines, whose upper envelopes are merged.
-        lo, hi: the cost range compared, from the first exit's cost to the backbone's.
+        lo: the low end of the cost range compared, the first exit's cost.
+        hi: the high end of the cost range compared, the backbone's cost.
 
     Returns:
         Per LEENet curve present: ``area`` (accuracy × cost above the baseline envelope,

@@ -55,15 +55,17 @@ class Evaluator:
     """Measures policies on a calibration and a test cache with the same exit costs.
 
     Args:
-        calib, test: cached outputs of the two splits.
+        calib: cached outputs of the calibration split.
+        test: cached outputs of the test split.
         cost: (E,) relative cost of each exit with every head run (``ExitNet.cost``).
-        head_cost, gate_cost: (E-1,) relative cost of each early head and gate
-            (``ExitNet.head_cost``, ``ExitNet.gate_cost``). A policy does not pay for what it
-            never needs: a disabled LEENet gate and its head (unless a later gate reads it),
-            every head when thresholds never fire, the heads before a single exit. None: every
-            policy pays for every head and gate on its way.
-        linked, final_heads: whether exits read the heads before them, and whether the final
-            exit reads every head (a cascade or an ensemble; see :class:`~leenet.nn.cost.CostModel`).
+        head_cost: (E-1,) relative cost of each early head (``ExitNet.head_cost``).
+        gate_cost: (E-1,) relative cost of each early gate (``ExitNet.gate_cost``). With both, a
+            policy does not pay for what it never needs: a disabled LEENet gate and its head
+            (unless a later gate reads it), every head when thresholds never fire, the heads
+            before a single exit. None: every policy pays for every head and gate on its way.
+        linked: whether exits read the heads before them (a cascade or an ensemble; see
+            :class:`~leenet.nn.cost.CostModel`).
+        final_heads: whether the final exit reads every head (an ensembled final exit).
     """
 
     def __init__(self, calib: CachedOutputs, test: CachedOutputs, cost: Tensor,

@@ -50,7 +50,8 @@ def operating_points(
 
     Args:
         families: method name → its candidates (LEENet with its decision thresholds).
-        calib_reference, test_reference: the full backbone's accuracy on each split.
+        calib_reference: the full backbone's accuracy on the calibration split.
+        test_reference: the full backbone's accuracy on the test split.
         margin: standard errors of slack each budget keeps on calibration.
     """
     points = []

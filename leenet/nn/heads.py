@@ -12,11 +12,11 @@ pool over space or tokens, never over channels.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from leenet.config import HEAD_KINDS
@@ -182,14 +182,21 @@ def exit_layouts(
 def backbone_layout(model: nn.Module) -> FeatureLayout | None:
     """The layout a known model family's features have (None: detect per exit): Swin keeps maps
     channels-last; a ViT's tokens start with class (and register) tokens."""
-    if getattr(model, "output_fmt", None) == "NHWC" or isinstance(model, torchvision.models.SwinTransformer):
+    if getattr(model, "output_fmt", None) == "NHWC" or _is_torchvision(model, "SwinTransformer"):
         return FeatureLayout("nhwc")
     prefix = getattr(model, "num_prefix_tokens", None)  # timm's ViT family
     if isinstance(prefix, int):
         return FeatureLayout("tokens", prefix)
-    if isinstance(model, torchvision.models.VisionTransformer):
+    if _is_torchvision(model, "VisionTransformer"):
         return FeatureLayout("tokens", 1)
     return None
+
+
+def _is_torchvision(model: nn.Module, name: str) -> bool:
+    """Whether ``model`` is torchvision's model class ``name``, without importing torchvision for
+    it (1-2 s): a model can be one only once torchvision is loaded."""
+    models = sys.modules.get("torchvision.models")
+    return models is not None and isinstance(model, getattr(models, name))
 
 
 class PooledLinearHead(nn.Module):

@@ -103,4 +103,4 @@ def slower_flag(clock: WallClock | Mapping[str, Any]) -> str:
     overhead = ("per-exit kernel launches and syncs cost" if str(clock.device or "").startswith("cuda")
                 else "the routed pass's per-exit overhead (running gates, routing the batch) costs")
     return (f"slower than the backbone in {' and '.join(slow)}: {overhead} more than the FLOPs saved, as for small "
-            "networks; see the README's wall-clock notes")
+            "networks; see docs/benchmarks/routing-speed.md")

@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.image import imsave
 
 from leenet.errors import LeenetError, brief
 from leenet.files import replace_atomically
 from leenet.report.common import esc, setting
-from leenet.report.plots import save
+from leenet.report.plots import new_figure, save
 from leenet.report.results import GalleryExit, GallerySection, Results
 
 GALLERY_FILE = "gallery.npz"
@@ -145,7 +143,7 @@ def plot_class_exits(section: GallerySection, path: Path) -> Path:
     """Heatmap: the share of each class's test images leaving at each exit (rows sum to 100 %)."""
     share = np.array(section.class_exit_share)
     n_classes, n_exits = share.shape
-    fig = Figure(figsize=_heatmap_size(section), layout="constrained")
+    fig = new_figure(figsize=_heatmap_size(section))
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     if n_classes <= 40:
@@ -167,6 +165,8 @@ def _heatmap_size(section: GallerySection) -> tuple[float, float]:
 
 def _png(image: np.ndarray) -> str:
     """One (H, W, C) uint8 image as a PNG data URI, in its own colours (grey stays grey)."""
+    from matplotlib.image import imsave  # matplotlib is loaded by the first drawing, not with LEENet
+
     buffer = io.BytesIO()
     if image.shape[-1] == 1:
         imsave(buffer, image[..., 0], cmap="gray", vmin=0, vmax=255, format="png")

@@ -190,6 +190,23 @@ def _policies_section(results: Results) -> str:
             f"fraction of samples leaving there)</summary>{table(headers, rows)}</details>")
 
 
+def _fine_tune(results: Results) -> str:
+    """The backbone's fine-tune after its exits were fitted: each epoch's calibration accuracies, the kept one."""
+    training = results.backbone.training
+    tune = training.fine_tune if training is not None else None
+    if tune is None:
+        return ""
+    early = tune.early_accuracy or [()] * len(tune.final_accuracy)
+    names = [e.name for e in results.exits[:-1]] if tune.early_accuracy else []
+    rows = [["before" if k == 0 else f"{k}/{tune.epochs}", *(pct(a, digits=2) for a in row),
+             pct(final, digits=2), "kept" if k == tune.chosen_epoch else ""]
+            for k, (row, final) in enumerate(zip(early, tune.final_accuracy))]
+    what = "with its heads (joint)" if tune.mode == "joint" else "alone, the heads fitted after (finetune)"
+    return (f"<h2>Backbone fine-tune</h2><p class='note'>The backbone was fine-tuned {esc(what)} at learning rate "
+            f"{esc(param(tune.backbone_lr))}; calibration accuracy after each epoch. {esc(tune.message)}.</p>"
+            + table(["epoch", *names, "final", ""], rows))
+
+
 def _timings(timings: Mapping[str, float] | None) -> str:
     if not timings:
         return ""
@@ -293,6 +310,7 @@ def write_report(results: Results | Mapping[str, Any], out_dir: Path) -> Path:
         _operating_points(results), _versus_thresholds(results),
         "<h2>Exits</h2>", table(["exit", "FLOPs", "cost", "accuracy"], exits),
         _img(plots.plot_per_exit_accuracy(results, out_dir / "per_exit_accuracy.png"), "per-exit accuracy"),
+        _fine_tune(results),
     ]
     if policies(results, "leenet"):
         fractions = plots.plot_exit_fractions(results, out_dir / "exit_fractions.png")

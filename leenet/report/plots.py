@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 
 from leenet.report.common import param, pct, policies, same, setting, short_pct, subsample
 from leenet.report.results import Policy, Results, Selected
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 CURVES = {  # method -> (legend label, colour)
     "leenet": ("LEENet (learned gates)", "#c0392b"),
@@ -34,7 +34,23 @@ EXIT_LABEL_SPOTS = [(f * dx, f * dy, ha, va) for f in (1, 3) for dx, dy, ha, va 
 
 
 def exit_colors(n: int) -> list:
+    from matplotlib import colormaps  # matplotlib is loaded by the first drawing, not with LEENet
+
     return list(colormaps["viridis"](np.linspace(0.1, 0.85, n)))
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure with constrained layout, outside pyplot."""
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kwargs)
+
+
+def percent_axis(axis: Any, whole: float, decimals: int) -> None:
+    """Label ``axis`` (``ax.xaxis``, ``ax.yaxis``) in percent of ``whole``."""
+    from matplotlib.ticker import PercentFormatter
+
+    axis.set_major_formatter(PercentFormatter(whole, decimals=decimals))
 
 
 def ink(color: Any) -> str:
@@ -117,7 +133,7 @@ def draw_tradeoff(ax: Axes, results: Results) -> None:
                    zorder=7, label=f"selected ({name}{setting(sel)})")
     max_cost = max([1.0] + [p.cost for p in results.policies] + [e.cost for e in results.exits])
     ax.set_xlim(0, max(1.05, max_cost + 0.03))
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    percent_axis(ax.xaxis, 1.0, 0)
     ax.set(xlabel="mean cost (% of backbone FLOPs)", ylabel="test accuracy")
     ax.grid(alpha=0.3)
 
@@ -190,7 +206,7 @@ def plot_tradeoff(results: Results, path: Path) -> Path:
     ``ZOOM_SPAN`` accuracy points, where the operating points live. Returns ``path`` (a PNG).
     """
     window = zoom_window(results)
-    fig = Figure(figsize=(13, 5.6) if window else (8, 6), layout="constrained")
+    fig = new_figure(figsize=(13, 5.6) if window else (8, 6))
     axes = fig.subplots(1, 2 if window else 1, squeeze=False)[0]
     for ax in axes:
         draw_tradeoff(ax, results)
@@ -199,7 +215,7 @@ def plot_tradeoff(results: Results, path: Path) -> Path:
         axes[1].set(title=f"zoom: within {ZOOM_SPAN:g} pt of the backbone", ylim=window)
     for ax in axes:
         low, high = ax.get_ylim()
-        ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0 if high - low > 4 else 1))
+        percent_axis(ax.yaxis, 100, 0 if high - low > 4 else 1)
     unique = dict(zip(*reversed(axes[0].get_legend_handles_labels())))  # one entry per label
     fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncol=5 if window else 3, frameon=False)
     fig.suptitle(f"{results.dataset} · {results.backbone.name}: accuracy vs compute", fontweight="bold")
@@ -230,7 +246,7 @@ def plot_exit_fractions(results: Results, path: Path) -> Path:
     shown, step = _every(leenet, MAX_FRACTION_ROWS, selected)
     rows = [(f"α = {param(p.param)}", p) for p in shown]
     rows += [("oracle", p) for p in policies(results, "oracle")[:1]]
-    fig = Figure(figsize=(9, 1.7 + (0.42 if len(rows) <= 14 else 0.34) * max(len(rows), 2)), layout="constrained")
+    fig = new_figure(figsize=(9, 1.7 + (0.42 if len(rows) <= 14 else 0.34) * max(len(rows), 2)))
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1] - 0.4 * np.array([label == "oracle" for label, _ in rows])  # bound set apart
     left = np.zeros(len(rows))
@@ -248,7 +264,7 @@ def plot_exit_fractions(results: Results, path: Path) -> Path:
     for tick, (_, p) in zip(ax.get_yticklabels(), rows):
         tick.set_fontweight("bold" if same(p, selected) else "normal")
     ax.set(xlim=(0, 1), xlabel="fraction of test samples leaving at each exit")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    percent_axis(ax.xaxis, 1.0, 0)
     ax.spines[["top", "right"]].set_visible(False)
     thresholds = {p.threshold for p in leenet if p.threshold is not None}
     at = f" at gate threshold {param(thresholds.pop())}" if len(thresholds) == 1 else ""
@@ -279,7 +295,7 @@ def plot_per_exit_accuracy(results: Results, path: Path) -> Path:
     backbone = 100 * results.backbone.accuracy
     low, high = min((acc - std).min(), backbone), max((acc + std).max(), backbone)
     pad = max(0.5, 0.12 * (high - low))
-    fig = Figure(figsize=(max(5.0, 1.3 * len(exits) + 2), 4.5), layout="constrained")
+    fig = new_figure(figsize=(max(5.0, 1.3 * len(exits) + 2), 4.5))
     ax = fig.subplots()
     x = np.arange(len(exits))
     ax.axhline(backbone, ls="--", color="black", lw=1, zorder=0, label=f"backbone {backbone:.1f}%")
@@ -293,7 +309,7 @@ def plot_per_exit_accuracy(results: Results, path: Path) -> Path:
     ax.set(xlim=(-0.5, len(exits) - 0.5), ylim=(max(0.0, low - pad), min(100.0, high + pad) + 0.3 * pad),
            ylabel="test accuracy (axis does not start at 0)",
            title="accuracy of each exit (all samples leave there)")
-    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0 if high - low > 4 else 1))
+    percent_axis(ax.yaxis, 100, 0 if high - low > 4 else 1)
     ax.grid(axis="y", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(loc="best", frameon=False, fontsize=8)

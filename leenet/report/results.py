@@ -9,6 +9,8 @@ Versions:
     1: files without ``schema_version`` (runs and benchmarks before the schema). Read by
        :func:`migrate`: an operating point without ``reachable`` was reachable.
     2: ``schema_version: 2``; adds the optional ``gallery`` section.
+    3: adds ``backbone.training.mode`` and, for a fine-tuned backbone, ``backbone.training.fine_tune``.
+       Read by :func:`migrate`: before it every run kept its backbone frozen once trained.
 
 Keys outside the schema at the top level (a benchmark's own records: ``seeds`` aside, e.g.
 ``targets``, ``levers``, ``machine``) are kept verbatim in :attr:`Results.extra`; unknown keys
@@ -28,7 +30,7 @@ from leenet.errors import LeenetError, brief
 from leenet.files import replace_atomically
 from leenet.report.parse import build, plain
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,24 @@ class Exit:
 
 
 @dataclass(frozen=True)
+class FineTune:
+    """The backbone's fine-tune after its exits were fitted (leenet.finetune), measured on calibration."""
+
+    mode: str  # "finetune" (the backbone alone, heads fitted after) or "joint" (with its heads)
+    epochs: int
+    backbone_lr: float
+    chosen_epoch: int  # the epoch kept; 0: the network as it was before the fine-tune
+    fell_back: bool  # epoch 0 kept: no epoch kept the final exit within 0.1 pt of its accuracy before, or none beat it
+    message: str  # the choice, in one line
+    final_accuracy: tuple[float, ...]  # (epochs + 1,) the final exit's, before the fine-tune and after each epoch
+    early_accuracy: tuple[tuple[float, ...], ...] | None = None  # joint: (epochs + 1, E-1) the early exits'
+    head_lr: float | None = None  # joint: the heads' learning rate
+    distill: float | None = None  # joint: the early exits' weight on the final exit's softened logits
+    weighting: str | None = None  # joint: "ramp" (SDN) or "equilibrium" (IMTA's gradient equilibrium)
+    train_loss: tuple[float, ...] | None = None  # (epochs,) mean weighted training loss of each epoch
+
+
+@dataclass(frozen=True)
 class BackboneTraining:
     """How the backbone was trained in the run (None figures: not trained here)."""
 
@@ -118,6 +138,8 @@ class BackboneTraining:
     lr: float | None = None
     precision: str | None = None
     transfer: bool | None = None
+    mode: str | None = None  # after the heads: "frozen", "finetune" or "joint" (None: no training record)
+    fine_tune: FineTune | None = None  # "finetune" and "joint": what the fine-tune did
 
 
 @dataclass(frozen=True)
@@ -260,7 +282,7 @@ class Results:
             raise LeenetError(f"{where} is not a LEENet results file (it lacks {', '.join(missing)}): "
                               "rerun `leenet run`")
         version = raw.get("schema_version", 1)  # version 1 files predate the field
-        if version == 1:
+        if version in range(1, SCHEMA_VERSION):
             raw = migrate(raw)
         elif version != SCHEMA_VERSION:
             raise LeenetError(f"{where} has results schema version {version!r}; this LEENet reads 1 to "
@@ -271,11 +293,15 @@ class Results:
 
 
 def migrate(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A version-1 results object (no ``schema_version``) as version 2: what version 1 left implicit, explicit."""
+    """An older results object as the current version: what the older versions left implicit, explicit."""
+    version = raw.get("schema_version", 1)
     out = {**raw, "schema_version": SCHEMA_VERSION}
-    if isinstance(raw.get("operating_points"), list):
+    if version == 1 and isinstance(raw.get("operating_points"), list):  # every point listed was reachable
         out["operating_points"] = [{"reachable": True, **p} if isinstance(p, Mapping) else p
                                    for p in raw["operating_points"]]
+    backbone = raw.get("backbone")
+    if isinstance(backbone, Mapping) and isinstance(backbone.get("training"), Mapping):  # the backbone stayed frozen
+        out["backbone"] = {**backbone, "training": {"mode": "frozen", **backbone["training"]}}
     return out
 
 

@@ -1,4 +1,4 @@
-"""Classify image files with an exported LEENet; ``leenet-runtime predict`` is :func:`main`.
+"""Classify image files with an exported LEENet (``leenet-runtime predict``, :mod:`leenet_runtime.cli`).
 
 Every engine (this runtime, ``leenet.predict`` with torch) reads files with
 :func:`iter_batches` and describes results with :func:`make_records`, so both print the
@@ -10,7 +10,6 @@ same records::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -88,48 +87,3 @@ def format_record(record: dict, as_json: bool) -> str:
         return json.dumps(record)
     return (f"{record['file']}\t{record['class']}\t{record['confidence']:.3f}\t"
             f"exit {record['exit']}\tcost {record['cost']:.3f}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leenet-runtime", description="Run an exported LEENet (no torch).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    cmd = commands.add_parser("predict", help="classify image files; one line per image")
-    cmd.add_argument("export_dir", help="directory written by `leenet export`")
-    cmd.add_argument("images", nargs="+", help="image files, or directories of them")
-    cmd.add_argument("--batch-size", type=int, default=64, help="images per routed batch (default 64)")
-    cmd.add_argument("--json", action="store_true", help="one JSON object per line")
-    cmd.add_argument("--value-max", type=float, default=None,
-                     help="pixel value of full brightness in the files (default: their bit depth's, 255 for 8-bit)")
-    cmd.add_argument("--threads", type=int, default=None,
-                     help="CPU threads per graph (default: onnxruntime's, every core; 1 on a shared machine)")
-    cmd.add_argument("--providers", default=None,
-                     help="comma-separated onnxruntime providers (default: CUDA if available, then CPU)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``leenet-runtime predict EXPORT_DIR IMAGE_OR_DIR... [--batch-size N] [--json] [--threads N]``.
-
-    Returns 0, 1 if some files could not be read, 2 for a bad export or argument.
-    """
-    args = build_parser().parse_args(argv)
-    failed: list[str] = []
-
-    def on_error(message: str) -> None:
-        failed.append(message)
-        report_error(message)
-
-    try:
-        providers = args.providers.split(",") if args.providers else None
-        runner = ExitRunner(args.export_dir, providers=providers, threads=args.threads)
-        for record in predict(runner, args.images, batch_size=args.batch_size, value_max=args.value_max,
-                              on_error=on_error):
-            print(format_record(record, args.json), flush=False)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

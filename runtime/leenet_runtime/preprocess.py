@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -129,6 +130,35 @@ def preprocess_image(img: Image.Image, prep: Preprocessing, *, value_max: float 
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
+def open_image(source: str | Path | BinaryIO, *, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode an image file (a path or a binary stream).
+
+    Args:
+        source: a path, or a binary file object (an HTTP body in a ``BytesIO``).
+        max_pixels: refuse larger images before decoding them (a decompression bomb); default
+            Pillow's own limit.
+
+    Raises:
+        ExportError: missing, not an image Pillow can decode, truncated, or too large (one line).
+    """
+    name = getattr(source, "name", source)
+    try:
+        img = Image.open(source)
+        if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+            w, h = img.size
+            raise ExportError(f"image {name} is {w}x{h} pixels, more than the limit of {max_pixels}: "
+                              "send a smaller image")
+        img.load()
+        return img
+    except Image.DecompressionBombError:
+        raise ExportError(f"image {name} has more pixels than the limit of {max_pixels or Image.MAX_IMAGE_PIXELS} "
+                          "(a decompression bomb?): send a smaller image") from None
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as exc:
+        reason = ("not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError)
+                  else " ".join(str(exc).split()) or type(exc).__name__)
+        raise ExportError(f"cannot read image {name} ({reason}): pass a PNG or JPEG file") from None
+
+
 def read_image(path: str | Path, prep: Preprocessing, *, value_max: float | None = None) -> np.ndarray:
     """Read and preprocess one file (see :func:`preprocess_image`).
 
@@ -136,15 +166,11 @@ def read_image(path: str | Path, prep: Preprocessing, *, value_max: float | None
         ExportError: the file is missing, not an image Pillow can decode, or of no fixed
             range and no ``value_max`` (one line).
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
+    with open_image(path) as img:
+        try:
             return preprocess_image(img, prep, value_max=value_max)
-    except ExportError as exc:
-        raise ExportError(f"cannot read image {path}: {exc}") from None
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ExportError(f"cannot read image {path} ({reason}): pass a PNG or JPEG file") from None
+        except ExportError as exc:
+            raise ExportError(f"cannot read image {path}: {exc}") from None
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:

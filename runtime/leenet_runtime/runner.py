@@ -101,12 +101,15 @@ class StepResult:
             without a head.
         exit_prob: (N,) float32 the gate's exit probability; None without an enabled gate.
         rest: the carry of the rows that go on to the next stage.
+        after: the next stage's carry of every row, the leavers too (a server's audit runs
+            some leavers on to the final exit); empty after the final stage.
     """
 
     leave: np.ndarray
     logits: np.ndarray | None
     exit_prob: np.ndarray | None
     rest: Carry
+    after: Carry
 
 
 class ExitRunner:
@@ -196,21 +199,22 @@ class ExitRunner:
         entry, last = self.manifest.exits[i], i == len(self.sessions) - 1
         outputs = dict(zip(entry.outputs, self.sessions[i].run(self._outputs[i], self.feeds(i, carry))))
         if last:
-            return StepResult(np.ones(len(carry), bool), outputs[LOGITS], None, carry.take(slice(0, 0)))
+            done = carry.take(slice(0, 0))
+            return StepResult(np.ones(len(carry), bool), outputs[LOGITS], None, done, done)
         if not entry.head:
-            return StepResult(np.zeros(len(carry), bool), None, None,
-                              Carry(carry.ids, outputs[FEATURES], carry.prev, carry.raw))
+            after = Carry(carry.ids, outputs[FEATURES], carry.prev, carry.raw)
+            return StepResult(np.zeros(len(carry), bool), None, None, after, after)
         logits = outputs[LOGITS]  # (N, K)
         raw = carry.raw
         if self._linked:  # the head's own logits: the exit's, unless an ensemble combined them
             raw = _append(raw, outputs.get(HEAD_LOGITS, logits))
         prev = _append(carry.prev, logits) if self.manifest.gate_history else carry.prev
-        rest = Carry(carry.ids, outputs[FEATURES], prev, raw)
+        after = Carry(carry.ids, outputs[FEATURES], prev, raw)
         if not entry.enabled:
-            return StepResult(np.zeros(len(carry), bool), logits, None, rest)
+            return StepResult(np.zeros(len(carry), bool), logits, None, after, after)
         exit_prob = outputs[EXIT_PROB]
         leave = exit_prob >= self.threshold if route else np.zeros(len(carry), bool)
-        return StepResult(leave, logits, exit_prob, rest if not leave.any() else rest.take(~leave))
+        return StepResult(leave, logits, exit_prob, after.take(~leave) if leave.any() else after, after)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Route each sample of ``batch`` (N, C, H, W) float32 on its own.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -18,7 +17,7 @@ from leenet.export import export_onnx
 from leenet_runtime import ExitRunner
 from leenet_runtime.manifest import EXIT_PROB, LOGITS, PREV_LOGITS, read_manifest
 
-from conftest import EXIT_POINTS, INPUT_SHAPE, make_tiny_cnn, mix_exits_, randomize_batchnorm_
+from conftest import EXIT_POINTS, INPUT_SHAPE, assert_routes_like, make_tiny_cnn, mix_exits_, randomize_batchnorm_
 
 BATCH_SIZES = (1, 7, 256)
 
@@ -63,16 +62,17 @@ def mixed_net(case: str, gate_config: GateConfig, disabled: tuple[int, ...] = ()
 
 def assert_same_routing(net: ExitNet, runner: ExitRunner, x: torch.Tensor, *, atol: float = 1e-4,
                         singles: int = 0) -> None:
-    """Same exit and class for every sample, logits within ``atol``, at each batch size, then for
-    ``singles`` more single images (batch 1 takes the runtime's fast path)."""
+    """Torch's router and the runtime's route like torch's compute-all pass (same exit and class for
+    every sample but a tie at the threshold, logits within ``atol``), at each batch size, then for
+    ``singles`` more single images (batch 1 takes the fast paths)."""
     batches = [x[:size] for size in BATCH_SIZES] + [x[k + 1:k + 2] for k in range(singles)]
     for batch in batches:
         with torch.no_grad():
+            reference = net.forward_all(batch)
             want_logits, want_exit = net(batch)
+        assert_routes_like(reference, net.threshold, want_exit, want_logits, atol=atol)
         logits, exit_index = runner(batch.numpy())
-        np.testing.assert_array_equal(exit_index, want_exit.numpy())
-        np.testing.assert_array_equal(logits.argmax(1), want_logits.argmax(1).numpy())
-        np.testing.assert_allclose(logits, want_logits.numpy(), rtol=0, atol=atol)
+        assert_routes_like(reference, net.threshold, exit_index, logits, atol=atol)
 
 
 @pytest.mark.parametrize("disabled", [(), (0,)], ids=["all-gates", "gate0-off"])

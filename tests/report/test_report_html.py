@@ -273,3 +273,17 @@ def test_operating_points_of_a_multi_seed_benchmark_count_seeds():
     html = _operating_points(R(results))
     assert "2 / 3 seeds (NOT all)" in html and "3 / 3 seeds" in html and "seed 0: α=0.4, t=0.5" in html
     assert "each seed chooses its own setting" in html
+
+
+def test_the_fine_tune_section_shows_each_epoch_and_the_kept_one(tmp_path):
+    raw = make_results()
+    raw["backbone"]["training"] = {"epochs": 4, "mode": "joint", "fine_tune": {
+        "mode": "joint", "epochs": 2, "backbone_lr": 2e-4, "chosen_epoch": 2, "fell_back": False,
+        "message": "kept epoch 2/2 <best>", "final_accuracy": [0.9, 0.91, 0.905],
+        "early_accuracy": [[0.5, 0.6, 0.7], [0.55, 0.65, 0.75], [0.6, 0.7, 0.8]]}}
+    page = write_report(raw, tmp_path).read_text()
+    section = page.split("<h2>Backbone fine-tune</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "kept epoch 2/2 &lt;best&gt;" in section and "with its heads (joint)" in section
+    assert re.search(r"<td>2/2</td><td>60\.00%</td><td>70\.00%</td><td>80\.00%</td><td>90\.50%</td><td>kept</td>",
+                     section), section
+    assert "Backbone fine-tune" not in write_report(make_results(), tmp_path / "frozen").read_text()

@@ -105,3 +105,23 @@ def test_a_run_dict_may_hold_typed_sections_and_paths(tmp_path):
     assert results.gallery is section
     again = read_results(write_results(tmp_path / "results.json", results))
     assert again.gallery == section and again.config["out"] == str(tmp_path / "run")
+
+
+def test_version_2_runs_kept_their_backbone_frozen_and_version_3_records_the_fine_tune(tmp_path):
+    raw = make_results()
+    raw.update(schema_version=2, operating_points=[{"reachable": True, **p} for p in raw["operating_points"]])
+    raw["backbone"]["training"] = {"epochs": 40, "lr": 0.05, "precision": "fp32", "transfer": False}
+    old = Results.from_dict(raw)
+    assert old.schema_version == SCHEMA_VERSION == 3
+    assert old.backbone.training.mode == "frozen" and old.backbone.training.fine_tune is None
+    tuned = {"mode": "joint", "epochs": 2, "backbone_lr": 2e-4, "chosen_epoch": 1, "fell_back": False,
+             "message": "kept epoch 1/2", "final_accuracy": [0.9, 0.91, 0.89],
+             "early_accuracy": [[0.5, 0.7], [0.6, 0.8], [0.7, 0.9]], "head_lr": 2e-3}
+    raw.update(schema_version=3)
+    raw["backbone"]["training"] = {"epochs": 40, "mode": "joint", "fine_tune": tuned}
+    new = Results.from_dict(raw)
+    assert new.backbone.training.fine_tune.early_accuracy == ((0.5, 0.7), (0.6, 0.8), (0.7, 0.9))
+    assert read_results(write_results(tmp_path / "r.json", new)) == new
+    raw["backbone"]["training"]["fine_tune"].pop("chosen_epoch")
+    with pytest.raises(LeenetError, match="lacks 'chosen_epoch'"):
+        Results.from_dict(raw)

@@ -1,0 +1,285 @@
+"""Issue 28: does training the backbone with its exits move the frontier, or is a gain just more training?
+
+Four arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
+on the same seeds, splits, trained backbone, heads' initialization and test images: **A** ``frozen``
+(today), **B** ``finetune`` (the backbone fine-tuned alone, then the heads fitted frozen: the
+control, as much extra training as C), **C** ``joint`` (the backbone fine-tuned with its fitted
+heads, the early exits' weights ramped up as SDN does) and **D** ``joint`` with IMTA's gradient
+equilibrium instead of the ramp (``TrainConfig.joint_weighting``). Per seed the backbone is
+trained once by a ``leenet run`` at the dataset's recipe, and each arm starts from its ``model.pt``
+(``--weights``, ``--epochs 0``) with the fine-tune at a quarter of the backbone's epochs.
+
+Reported per arm (means over seeds): each exit's test accuracy, LEENet's operating points, the
+training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same test
+images, for B - A, C - A, C - B, D - A, D - B and D - C: McNemar's exact test on each exit and
+operating point's per-image correctness, a paired bootstrap interval of each accuracy and cost
+difference. The operating points are re-routed from each arm's ``model.pt`` (its gates for the
+chosen alpha and threshold) to get per-image figures, and checked against the run's own numbers.
+
+The full study, NOT RUN YET (about 5.5-6 h on 2 idle CPU cores, estimated from the 27-minute
+backbone of docs/benchmark.md: per seed the backbone, four arms' heads, caches and gates, and
+3 x 6 fine-tune epochs), from the repository root::
+
+    OMP_NUM_THREADS=2 python benchmarks/joint_training.py
+
+writes ``benchmarks/results/joint_training/results.json`` and ``tradeoff.png`` (runs under
+``runs/joint_training/``; a finished run is reused). ``--smoke`` checks the machinery in a minute or
+two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fashion_mnist import mean_std  # noqa: E402
+from fmnist_backbone import CALIB_SIZE  # noqa: E402
+
+from leenet import (  # noqa: E402
+    DataConfig,
+    GateTrainConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_checkpoint,
+    load_dataset,
+    make_loader,
+    run,
+)
+
+ARMS = {"A": ("frozen", "ramp"), "B": ("finetune", "ramp"), "C": ("joint", "ramp"), "D": ("joint", "equilibrium")}
+NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium"}
+PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"))
+POINTS = ("accuracy at <= 25% FLOPs", "accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
+          "cost at <= 0.5 pt drop", "cost at <= 1 pt drop")
+BOOTSTRAP = 2000  # paired resamples of the test images
+FINETUNE_SHARE = 0.25  # of the backbone's epochs (the library's default)
+KEPT = ("chosen_epoch", "fell_back", "final_accuracy", "early_accuracy", "message")  # of each fine-tune's record
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of the study shares."""
+
+    dataset: str
+    epochs: int  # backbone epochs
+    calib_size: float
+    head_epochs: int | None = None  # None: the dataset's default
+    alphas: tuple[float, ...] | None = None  # None: the library's sweep
+    gates: GateTrainConfig | None = None  # None: the dataset's default
+
+    @property
+    def finetune_epochs(self) -> int:
+        return max(1, round(FINETUNE_SHARE * self.epochs))
+
+
+FULL = Setup("fashion-mnist", 24, CALIB_SIZE)  # the dataset defaults: small_resnet, deep heads, predict gates
+SMOKE = Setup("digits", 4, 0.2, head_epochs=3, alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
+              gates=GateTrainConfig(objective="hard", loss="ce", steps=30))
+
+
+BACKBONE_ONLY = GateTrainConfig(objective="hard", loss="ce", steps=1)  # the backbone run's gates: a formality
+
+
+def config(setup: Setup, seed: int, out: Path, arm: str = "A", weights: Path | None = None) -> RunConfig:
+    """An arm of the study from the backbone in ``weights``, kept as it is before its fine-tune; without
+    ``weights``, the run that trains that backbone (no heads, one alpha: only its model.pt is used)."""
+    if weights is None:
+        train = TrainConfig(epochs=setup.epochs, head_epochs=0, gates=BACKBONE_ONLY)
+    else:
+        mode, weighting = ARMS[arm]
+        train = TrainConfig(epochs=0, head_epochs=setup.head_epochs, gates=setup.gates, backbone_training=mode,
+                            finetune_epochs=setup.finetune_epochs, joint_weighting=weighting)
+    alphas = (0.0,) if weights is None else setup.alphas
+    return RunConfig(data=DataConfig(dataset=setup.dataset, calib_size=setup.calib_size),
+                     model=ModelConfig(weights=None if weights is None else str(weights.resolve())), train=train,
+                     seed=seed, out=str(out), timing=False, progress=False, overwrite=True,
+                     **({} if alphas is None else {"alphas": alphas}))
+
+
+def finished(out: Path, cfg: RunConfig, log) -> tuple[dict, float]:
+    """The run's results and its wall seconds: read back when it finished before, else run now."""
+    if (out / "results.json").is_file() and (out / "wall.json").is_file():
+        return json.loads((out / "results.json").read_text()), json.loads((out / "wall.json").read_text())["seconds"]
+    start = time.perf_counter()
+    run(cfg, log=log)
+    seconds = time.perf_counter() - start
+    (out / "wall.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    return json.loads((out / "results.json").read_text()), seconds
+
+
+@torch.no_grad()
+def per_image(run_dir: Path, results: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-test-image correctness of every exit and of LEENet's operating points (and their per-image
+    cost), re-routed from the run's model.pt; each checked against the figure the run reported."""
+    net = load_checkpoint(run_dir / "model.pt")
+    exits = (net.forward_all(x).logits.argmax(-1) == y[:, None]).T.numpy()  # (E, N)
+    reported = [e["accuracy"] for e in results["exits"]]
+    assert np.allclose(exits.mean(1), reported, atol=1e-6), (exits.mean(1), reported)
+    points = {}
+    for point in results["operating_points"]:
+        if point["method"] != "leenet" or point["name"] not in POINTS or not point["reachable"]:
+            continue
+        routed = load_checkpoint(run_dir / "model.pt", alpha=point["param"])
+        routed.threshold = point["threshold"]
+        logits, exit_index = routed(x)
+        cost = routed.routed_cost()[exit_index]
+        points[point["name"]] = {"correct": (logits.argmax(-1) == y).numpy(), "cost": cost.double().numpy(),
+                                 "matches_run": math.isclose(float((logits.argmax(-1) == y).double().mean()),
+                                                             point["accuracy"], abs_tol=1e-6)}
+    return {"exits": exits, "points": points}
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact two-sided McNemar p-value of two paired correctness vectors (N,) bool."""
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """Mean of ``a - b`` over the test images (N,) and its 95 % paired bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    diff = a.astype(float) - b.astype(float)
+    means = diff[rng.integers(0, len(diff), (BOOTSTRAP, len(diff)))].mean(1)
+    return {"diff": float(diff.mean()), "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
+
+
+def paired(seeds: list[dict], first: str, second: str) -> dict:
+    """``first - second`` for every exit and operating point: per seed (bootstrap, McNemar) and mean over seeds."""
+    out = {}
+    names = [f"exit {i}" for i in range(len(seeds[0][first]["exits"]))]
+    items = [(name, lambda s, arm, i=i: s[arm]["exits"][i], "correct") for i, name in enumerate(names)]
+    common = set.intersection(*(set(s[first]["points"]) & set(s[second]["points"]) for s in seeds))
+    for name in (p for p in POINTS if p in common):
+        items.append((name, lambda s, arm, n=name: s[arm]["points"][n]["correct"], "correct"))
+        items.append((f"{name} (cost)", lambda s, arm, n=name: s[arm]["points"][n]["cost"], "cost"))
+    for name, get, kind in items:
+        per_seed = []
+        for k, s in enumerate(seeds):
+            a, b = get(s, first), get(s, second)
+            row = paired_bootstrap(a, b, seed=k)
+            if kind == "correct":
+                row["mcnemar_p"] = mcnemar(a, b)
+            per_seed.append(row)
+        mean, std = mean_std([r["diff"] for r in per_seed])
+        out[name] = {"mean_diff": mean, "std_diff": std, "per_seed": per_seed}
+    return out
+
+
+def arm_summary(arm_results: list[dict], arm_images: list[dict], seconds: list[float]) -> dict:
+    """One arm's means over seeds: exits, operating points, the fine-tune's choice, its training time."""
+    exits = np.array([[e["accuracy"] for e in r["exits"]] for r in arm_results])
+    points = {}
+    for name in POINTS:
+        rows = [p for r in arm_results for p in r["operating_points"] if p["method"] == "leenet" and p["name"] == name
+                and p["reachable"]]
+        if len(rows) == len(arm_results):
+            points[name] = {"accuracy": mean_std([p["accuracy"] for p in rows]), "cost": mean_std([p["cost"] for p in rows])}
+    training = [r["timings"].get("heads", 0.0) + r["timings"].get("finetune", 0.0) for r in arm_results]
+    tunes = [r["backbone"]["training"].get("fine_tune") for r in arm_results]
+    return {"exit_accuracy": exits.mean(0).tolist(), "exit_accuracy_std": exits.std(0, ddof=1).tolist()
+            if len(exits) > 1 else None, "operating_points": points, "training_seconds": mean_std(training),
+            "run_seconds": mean_std(seconds),
+            "fine_tune": [None if t is None else {k: v for k, v in t.items() if k in KEPT} for t in tunes],
+            "rerouted_match_runs": all(p["matches_run"] for s in arm_images for p in s["points"].values())}
+
+
+def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
+    points = sorted((p["cost"], p["accuracy"]) for p in results["policies"] if p["method"] == method)
+    return [c for c, _ in points], [a for _, a in points]
+
+
+def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
+    """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (seed 0), its exits."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red", "tab:orange")):
+        first = runs[0]
+        ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {NAMES[arm]}: LEENet")
+        ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {NAMES[arm]}: max-softmax")
+        ax.plot([e["cost"] for e in first["exits"]], [e["accuracy"] for e in first["exits"]], "s", color=colour, ms=5)
+    ax.set_xlabel("mean cost (share of the backbone's FLOPs)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Frozen, fine-tuned alone, joint (seed 0; squares: single exits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="digits, tiny epochs: check the machinery (~1 min)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, help="where the runs go (default runs/joint_training[_smoke])")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/joint_training, or the runs folder "
+                                                 "with --smoke")
+    args = parser.parse_args()
+    setup = SMOKE if args.smoke else FULL
+    runs_dir = args.runs or Path("runs/joint_training" + ("_smoke" if args.smoke else ""))
+    out = args.out or (runs_dir if args.smoke else Path("benchmarks/results/joint_training"))
+    start = time.perf_counter()
+    per_arm = {arm: [] for arm in ARMS}
+    images = {arm: [] for arm in ARMS}
+    seconds = {arm: [] for arm in ARMS}
+    backbones = []
+    for seed in args.seeds:
+        def log(message: str, seed=seed) -> None:
+            print(f"[seed {seed}] {message}", file=sys.stderr, flush=True)
+        home = runs_dir / f"seed{seed}" / "backbone"
+        backbone, backbone_seconds = finished(home, config(setup, seed, home), log)
+        backbones.append({"seed": seed, "accuracy": backbone["backbone"]["accuracy"], "seconds": backbone_seconds,
+                          "backbone_phase_seconds": backbone["timings"]["backbone"]})
+        splits = load_dataset(setup.dataset, calib_size=int(setup.calib_size) if setup.calib_size >= 1
+                              else setup.calib_size, seed=seed)
+        x, y = (torch.cat(t) for t in zip(*make_loader(splits.test, 1000, train=False)))
+        for arm in ARMS:
+            where = runs_dir / f"seed{seed}" / arm
+            results, wall = finished(where, config(setup, seed, where, arm, weights=home / "model.pt"), log)
+            per_arm[arm].append(results)
+            seconds[arm].append(wall)
+            images[arm].append(per_image(where, results, x, y))
+    by_seed = [{arm: images[arm][k] for arm in ARMS} for k in range(len(args.seeds))]
+    summary = {
+        "question": "issue 28: does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient "
+                    "equilibrium) beat the frozen network (A) and the backbone fine-tuned alone (B)?",
+        "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs,
+                  "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": args.seeds,
+                  "smoke": args.smoke, "bootstrap": BOOTSTRAP},
+        "backbones": backbones,
+        "arms": {arm: {"mode": NAMES[arm], **arm_summary(per_arm[arm], images[arm], seconds[arm])} for arm in ARMS},
+        "paired": {f"{a} - {b}": paired(by_seed, a, b) for a, b in PAIRS},
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": "python " + " ".join(sys.argv), "wall_seconds": time.perf_counter() - start},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(per_arm, out / "tradeoff.png")
+    for arm, row in summary["arms"].items():
+        print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
+              f"heads + fine-tune {row['training_seconds'][0]:.0f} s")
+    print(f"wrote {out / 'results.json'} and {out / 'tradeoff.png'}")
+
+
+if __name__ == "__main__":
+    main()
