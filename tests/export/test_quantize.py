@@ -25,8 +25,9 @@ from leenet.policy.thresholds import BUDGET_TIE, SHARED_LEVELS
 from leenet.predict import predict_files
 from leenet_runtime import ExitRunner, ExportError, read_manifest
 from leenet_runtime import manifest as manifest_module
+from leenet_runtime.cli import main as runtime_main
 from leenet_runtime.manifest import MANIFEST_NAME, version_for
-from leenet_runtime.predict import main as runtime_main
+from leenet_runtime.scheduler import BatchingConfig, Scheduler
 
 POLICY = SavedPolicy(alpha=0.5, loss="error", threshold=0.5)
 V1_KEYS = ["format", "version", "leenet_version", "opset", "input_shape", "dtype", "preprocessing", "class_names",
@@ -117,6 +118,17 @@ def test_predict_engines_read_the_int8_export(digits, capsys) -> None:
     assert [r["exit_index"] for r in records] == exit_index.tolist()
     assert runtime_main(["predict", str(digits["int8"]), str(digits["files"][0]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["exit_index"] == exit_index[0]
+
+
+@pytest.mark.parametrize("mode", ["stage", "request"])
+def test_the_server_scheduler_serves_the_int8_export(digits, mode: str) -> None:
+    runner = ExitRunner(digits["int8"])
+    x = digits["test"].images[:48]
+    with Scheduler(runner, BatchingConfig(mode=mode, max_batch=16, max_delay_ms=1)) as scheduler:
+        served = [scheduler(x[i:i + 1], timeout=30) for i in range(len(x))]
+    logits, exit_index = runner(x)
+    np.testing.assert_array_equal(np.concatenate([s[1] for s in served]), exit_index)
+    np.testing.assert_array_equal(np.concatenate([s[0] for s in served]).argmax(1), logits.argmax(1))
 
 
 def _brute_force_threshold(logits, exit_prob, labels, costs, loss, max_cost, saved) -> float:
