@@ -15,11 +15,12 @@ everything between (confidence features, ensembles) stay float32: they are tiny,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,13 +187,13 @@ def routed(runner: ExitRunner, images: np.ndarray, batch: int = 256) -> tuple[np
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-class _quiet_onnxruntime:
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
     """Silence the quantizer's logging (it reports every node it skips) while it runs."""
-
-    def __enter__(self) -> None:
-        self._level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger().setLevel(self._level)
-
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
