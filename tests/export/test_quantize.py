@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export_linked import linked_net
 from test_predict_files import make_digits_run, write_digit_pngs
 
 from leenet import LeenetError, load_checkpoint, load_dataset, make_loader
@@ -109,6 +110,20 @@ def test_report_float32_figures_are_the_float32_export(digits) -> None:
     figures = read_report(digits["int8"]).test.float32
     assert figures.accuracy == pytest.approx(float((logits.argmax(1) == digits["test"].labels).mean()))
     assert figures.cost == pytest.approx(float(runner.costs[exit_index].mean()))
+
+
+@pytest.mark.parametrize("links", ["cascade+ensemble", "ensemble-early"])
+def test_linked_exits_quantize_and_route(links: str, tmp_path) -> None:
+    net, x = linked_net(links, history=True)
+    with torch.no_grad():
+        labels = net.forward_all(x).logits[:, -1].argmax(1).numpy()  # what the float32 network says
+    data = LabeledImages(x.numpy(), labels)
+    export_int8(net, tmp_path / "int8", calib=data, test=data, policy=POLICY)
+    manifest = read_manifest(tmp_path / "int8")
+    assert manifest.linked and manifest.version == 3 and manifest.precision == "int8"
+    report = read_report(tmp_path / "int8")
+    assert report.routed_matches
+    assert all(e.same_class >= 0.9 for e in report.test.exits if e.same_class is not None), report.test.exits
 
 
 def test_predict_engines_read_the_int8_export(digits, capsys) -> None:
