@@ -108,7 +108,7 @@ def _int8(float_dir: Path, out: Path, calib: LabeledImages, test: LabeledImages,
     int8_outs = {"calib": exit_outputs(runner, calib.images), "test": exit_outputs(runner, test.images)}
     manifest = runner.manifest
     costs = runner.costs.tolist()
-    spent = float(np.asarray(costs)[route(float_outs["calib"][1], manifest.threshold)].mean())  # float32, calib
+    spent = np.asarray(costs)[route(float_outs["calib"][1], manifest.threshold)]  # (N,) float32 policy, calib
     refit = refit_threshold(*int8_outs["calib"], calib.labels, costs, policy.loss, spent, manifest.threshold)
     control = refit_threshold(*float_outs["calib"], calib.labels, costs, policy.loss, spent, manifest.threshold)
     quantization = options.describe(refit=REFIT, refit_images=len(calib.labels), calibration_images=len(sample))

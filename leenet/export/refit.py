@@ -9,7 +9,8 @@ library's one threshold search (:func:`leenet.policy.thresholds.budget_threshold
 with one threshold shared by every gate (``rounds=0``): the gates' own per-exit shifts, set on
 float32 outputs, stay in their graphs, and the runtime compares each exit probability with the
 manifest's one threshold, so an int8 export routes with the same runner, and server, unchanged.
-Why hold the cost rather than re-solve the saved alpha, and why one threshold: docs/int8.md.
+The saved threshold is kept where it is as good within calibration noise. Why hold the cost
+rather than re-solve the saved alpha, and why one threshold: docs/int8.md.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from leenet.config import BUDGET_MARGIN
 from leenet.errors import LeenetError
+from leenet.evaluate.compare import paired_stderr
 from leenet.nn.cost import CostModel
 from leenet.policy.objective import exit_losses
 from leenet.policy.simulate import first_exit
@@ -62,42 +65,47 @@ def gate_scores(exit_prob: np.ndarray) -> torch.Tensor:
 
 
 def refit_threshold(logits: np.ndarray, exit_prob: np.ndarray, labels: np.ndarray, costs: Sequence[float],
-                    loss: str, max_cost: float, saved: float) -> float:
-    """The threshold shared by every gate of least mean ``loss`` at a mean cost of at most ``max_cost``.
+                    loss: str, spent: np.ndarray, saved: float, *, margin: float = BUDGET_MARGIN) -> float:
+    """The threshold shared by every gate of least mean ``loss`` at a mean cost of at most ``spent``'s.
 
-    The search's ties (mean losses within :data:`~leenet.policy.thresholds.BUDGET_TIE`) go to
-    the ``saved`` threshold when it is one of them: the refit moves the threshold only where
-    the int8 outputs call for it, not to another point of a flat optimum.
+    The ``saved`` threshold is kept when it is as good: its mean loss within
+    :data:`~leenet.policy.thresholds.BUDGET_TIE` of the search's and its mean cost within the
+    float32 policy's plus ``margin`` paired standard errors (the slack budgets keep, so that the
+    refit does not chase a few images of calibration noise). The refit moves the threshold only
+    where the int8 outputs call for it.
 
     Args:
-        logits: (N, E, K) every exit's logits on the calibration split (NaN where no head runs).
-        exit_prob: (N, E-1) every gate's exit probability (NaN where no gate is enabled).
+        logits: (N, E, K) every exit's int8 logits on the calibration split (NaN where no head runs).
+        exit_prob: (N, E-1) every gate's int8 exit probability (NaN where no gate is enabled).
         labels: (N,) int64.
         costs: (E,) each exit's routed cost in the export (its manifest cost).
         loss: the per-exit loss (:func:`leenet.policy.objective.exit_losses`).
-        max_cost: the mean cost to stay within (the float32 policy's on the same images).
+        spent: (N,) each image's cost under the float32 policy; its mean is the budget.
         saved: the float32 decision threshold, in (0, 1].
+        margin: standard errors of the paired cost difference the saved threshold may spend over.
 
     Returns:
         A threshold in [0, 1): a sample leaves at the first enabled exit whose probability reaches it.
 
     Raises:
-        LeenetError: no threshold lets samples out early within ``max_cost``.
+        LeenetError: no threshold lets samples out early within the float32 policy's cost.
     """
     scores = gate_scores(exit_prob)
     z = torch.from_numpy(np.nan_to_num(np.asarray(logits, dtype=np.float32)))
     losses = exit_losses(z, torch.as_tensor(labels, dtype=torch.int64), loss)
-    gates = scores.shape[1]
+    gates, max_cost = scores.shape[1], float(np.mean(spent))
+    cost = torch.tensor(list(costs), dtype=torch.float32)
     # the exported graphs run every head and gate they have whatever fires: nothing is saved by a shut gate
-    model = CostModel(torch.tensor(list(costs), dtype=torch.float32), torch.zeros(gates), torch.zeros(gates))
+    model = CostModel(cost, torch.zeros(gates), torch.zeros(gates))
     found = budget_thresholds(scores, losses, model, max_cost, rounds=0)
     if found is None or not bool(found.enabled.any()):
         raise LeenetError(f"no decision threshold lets the int8 network exit early within the float32 policy's cost "
                           f"({max_cost:.3f}) on calibration: export float32 (without --int8)")
-    on = torch.ones(2, gates, dtype=torch.bool)
-    values = torch.stack([found.values, torch.full((gates,), math.log(saved / (1.0 - saved)) if saved < 1 else math.inf)])
-    mean_loss, mean_cost = routed_means(scores, losses, model, values, on)
-    if mean_loss[1] <= mean_loss[0] + BUDGET_TIE + 1e-12 and mean_cost[1] <= max_cost * (1 + 1e-6):
+    found_loss, _ = routed_means(scores, losses, model, found.values[None], found.enabled[None])
+    kept = first_exit(scores >= (math.log(saved / (1.0 - saved)) if saved < 1 else math.inf))  # (N,)
+    kept_loss, kept_cost = float(losses.gather(1, kept[:, None]).mean()), cost[kept].numpy()
+    slack = margin * float(paired_stderr(kept_cost, spent))
+    if kept_loss <= float(found_loss[0]) + BUDGET_TIE + 1e-12 and float(kept_cost.mean()) <= max_cost * (1 + 1e-6) + slack:
         return saved
     level = float(found.values[0])
     return 0.0 if level == ALWAYS else 1.0 / (1.0 + math.exp(-level))
