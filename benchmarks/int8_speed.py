@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import warnings
@@ -68,8 +69,15 @@ def cpu_info() -> dict:
                  platform.processor() or platform.machine())
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     return {"model": model, **{flag: flag in flags for flag in FLAGS}, "cores": os.cpu_count(),
-            "load_average": list(os.getloadavg()), "onnxruntime": ort.__version__,
+            "load_average": list(os.getloadavg()), "uptime": _uptime(), "onnxruntime": ort.__version__,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 class Backbone(nn.Module):
@@ -207,7 +215,8 @@ def main() -> None:
     out = {"question": __doc__.split("\n\n")[0], "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "command": "OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")) + " python benchmarks/int8_speed.py "
            + f"--run {args.run}" + (f" --int8-export {args.int8_export}" if args.int8_export else ""),
-           "cpu": cpu, "load_average_after": list(os.getloadavg()), "seconds": time.time() - started,
+           "cpu": cpu, "load_average_after": list(os.getloadavg()), "uptime_after": _uptime(),
+           "seconds": time.time() - started,
            "fashion_mnist_policy": policy, "rows": rows,
            "resnet50": "random weights, plain backbone only (no exits), calibrated on 32 random images; "
                        "16 images at batch 1, 64 at batch 64, median of 2"}
