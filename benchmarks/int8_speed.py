@@ -13,7 +13,8 @@ Two models, in one run (the ratios within a run are what count; the machine's lo
   images (speed only).
 
 Batch 1 (one image per call, over ``--images1`` images) and batch 64 (over ``--images64``), one
-thread and every core (``os.cpu_count()``), after a warm-up, median of ``--repeats``. Each int8
+thread and every core (``os.cpu_count()``; LEENet's stage sessions then do not spin, as in the
+server: their idle threads would fight over the cores), after a warm-up, median of ``--repeats``. Each int8
 graph is quantized as ``leenet export --int8`` does (QDQ, per-channel int8 weights, MinMax,
 uint8 activations unless said). The CPU model and its VNNI/AMX flags are printed and recorded:
 int8 is fast only where the CPU has integer dot-product instructions.
@@ -116,7 +117,8 @@ def session(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def routed(export: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    runner = ExitRunner(export, threads=threads, providers=["CPUExecutionProvider"])
+    # several sessions' idle threads spinning fight over the cores: no spinning with more than one thread
+    runner = ExitRunner(export, threads=threads, spin=threads == 1, providers=["CPUExecutionProvider"])
     return lambda x: runner(x)[0]
 
 
