@@ -41,7 +41,7 @@ if TYPE_CHECKING:
         upper_envelope,
         versus_thresholds,
     )
-    from leenet.export import export_onnx
+    from leenet.export import export_int8, export_onnx
     from leenet.finetune import finetune_backbone
     from leenet.nn import (
         CostModel,
@@ -92,7 +92,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "leenet.errors": ("CheckpointError", "DataError", "ExitPointError", "LeenetError"),
     "leenet.evaluate": ("Candidate", "Evaluator", "envelope_gap", "find_budget", "measure_wall_clock",
                         "operating_points", "upper_envelope", "versus_thresholds"),
-    "leenet.export": ("export_onnx",),
+    "leenet.export": ("export_int8", "export_onnx"),
     "leenet.finetune": ("finetune_backbone",),
     "leenet.nn": ("CostModel", "ExitEnsemble", "ExitNet", "ExitOutputs", "FeatureLayout", "attach_exits", "count_flops",
                   "describe_exit_points", "ensemble_for", "split_backbone", "valid_exit_points"),
@@ -113,8 +113,8 @@ __all__ = [
     "GateTrainConfig", "LeenetError", "ModelConfig", "PolicyResult", "Results", "RunConfig", "TrainConfig",
     "__version__", "attach_exits", "backbone_names", "budget_sweep", "build_backbone", "collect_outputs",
     "confidence_scores", "count_flops", "dataset_defaults", "dataset_names", "describe_exit_points", "ensemble_for",
-    "envelope_gap",
-    "exit_losses", "export_onnx", "finetune_backbone", "find_budget", "first_exit", "fit_gate_sweep", "fit_gates", "freeze_",
+    "envelope_gap", "exit_losses", "export_int8", "export_onnx", "finetune_backbone", "find_budget", "first_exit",
+    "fit_gate_sweep", "fit_gates", "freeze_",
     "gates_for_alpha", "gates_for_budget", "get_backbone_info", "load_checkpoint", "load_dataset", "make_loader",
     "measure_wall_clock", "operating_points", "parse_alphas", "predict_files", "predictor_fit", "read_results",
     "resolve", "run", "save_checkpoint", "set_gates", "set_gates_by_share", "split_backbone", "summarize",

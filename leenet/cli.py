@@ -237,6 +237,11 @@ def _add_export(sub) -> None:
     x.add_argument("run_dir", help="a run directory holding model.pt")
     x.add_argument("--out", required=True, help="the export directory to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.add_argument("--int8", action="store_true", help="int8 stage graphs (onnxruntime static quantization, QDQ), "
+                   "calibrated on the run's calibration images, the exit threshold refit on them; writes "
+                   "quantization.json (int8 against float32); --out must be new")
+    x.add_argument("--calib-images", type=int, help="with --int8: calibration images that set the int8 ranges "
+                   "(default 1024)")
     x.set_defaults(handler=_export)
 
 
@@ -378,9 +383,13 @@ def _report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace, argv: list[str]) -> int:
-    from leenet.export import export_onnx
+    from leenet.export import QuantizeOptions, export_int8, export_onnx
 
-    print(export_onnx(args.run_dir, args.out, opset=args.opset))
+    if args.int8:
+        given = {} if args.calib_images is None else {"calib_images": args.calib_images}
+        print(export_int8(args.run_dir, args.out, opset=args.opset, options=QuantizeOptions(**given)))
+    else:
+        print(export_onnx(args.run_dir, args.out, opset=args.opset))
     return 0
 
 

@@ -6,10 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from leenet.checkpoint import load_checkpoint, read_checkpoint
-from leenet.data import Splits, TensorImageDataset, load_dataset
+from leenet.data import Splits, TensorImageDataset, load_dataset, make_loader
 from leenet.datasets.folder import eval_resize
 from leenet.errors import LeenetError, brief
 from leenet.nn.model import ExitNet
@@ -72,11 +73,52 @@ def _data_dir(run_dir: Path) -> Path | None:
     config = run_dir / "config.json"
     if not config.is_file():
         return None
-    try:
-        data_dir = json.loads(config.read_text())["data"]["data_dir"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LeenetError(f"{config} is unreadable ({brief(exc)}): restore it from the run") from None
+    data_dir = _config(run_dir)["data"]["data_dir"]
     return Path(data_dir).expanduser() if data_dir is not None else None
+
+
+def _config(run_dir: Path) -> dict:
+    """The run's ``config.json`` (the request as given), with the keys the data splits need."""
+    config = run_dir / "config.json"
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise LeenetError(f"{config} is unreadable ({brief(exc)}): restore it from the run") from None
+    if not (isinstance(raw, dict) and "seed" in raw and isinstance(raw.get("data"), dict)
+            and {"data_dir", "calib_size"} <= raw["data"].keys()):
+        raise LeenetError(f"{config} lacks data.data_dir, data.calib_size or seed: restore it from the run")
+    return raw
+
+
+def run_splits(run_dir: str | Path) -> Splits:
+    """The train / calibration / test splits of a finished run, rebuilt as the run made them.
+
+    The dataset, image size, channels and normalization come from the checkpoint; the data
+    directory, calibration size and seed (which images were held out) from ``config.json``.
+
+    Raises:
+        LeenetError: no ``model.pt`` or ``config.json``, or the dataset's files cannot be read.
+    """
+    run_dir = Path(run_dir)
+    model = run_dir / "model.pt"
+    if not model.is_file() or not (run_dir / "config.json").is_file():
+        raise LeenetError(f"{run_dir} has no model.pt and config.json: pass the directory of a finished `leenet run`")
+    spec, config = read_checkpoint(model)["spec"], _config(run_dir)
+    calib = config["data"]["calib_size"]
+    channels, _, size = (int(n) for n in spec["input_shape"])
+    try:
+        return load_dataset(spec["dataset"], data_dir=_data_dir(run_dir), calib_size=int(calib) if calib >= 1 else calib,
+                            seed=int(config["seed"]), image_size=size, channels=channels, mean=spec["mean"],
+                            std=spec["std"])
+    except LeenetError as exc:
+        raise LeenetError(f"the run's data ({spec['dataset']}) cannot be read ({brief(exc)}): make it available "
+                          "where the run read it (config.json's data_dir)") from None
+
+
+def split_arrays(ds, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images (N, C, H, W) float32, as the network reads them, and labels (N,) int64."""
+    xs, ys = zip(*make_loader(ds, batch_size, train=False))
+    return torch.cat(xs).float().numpy(), torch.cat(ys).numpy()
 
 
 def load_run(source: str | Path, *, map_location: str | torch.device = "cpu",

@@ -33,7 +33,6 @@ from leenet_runtime.manifest import (
     FORMAT,
     HEAD_LOGITS,
     INPUT,
-    LINKED_VERSION,
     LOGITS,
     MANIFEST_NAME,
     PREV_LOGITS,
@@ -43,6 +42,7 @@ from leenet_runtime.manifest import (
     Manifest,
     Preprocessing,
     read_manifest,
+    version_for,
     write_manifest,
 )
 
@@ -154,8 +154,9 @@ def export_onnx(source: str | Path | ExitNet, out_dir: str | Path, *, opset: int
         for path in out.glob("stage*.onnx"):  # no half export left behind to block the next one
             path.unlink()
         raise
-    manifest = Manifest(  # version 1, which every runtime reads, unless the exits are linked
-        format=FORMAT, version=LINKED_VERSION if net.linked else 1, leenet_version=__version__, opset=opset,
+    version = version_for(linked=net.linked, final_heads=net.final_reads_heads)  # 1 unless linked: every runtime
+    manifest = Manifest(
+        format=FORMAT, version=version, leenet_version=__version__, opset=opset,
         input_shape=_shape(net), dtype="float32", preprocessing=prep, class_names=tuple(names),
         threshold=float(net.threshold), gate_history=bool(net.gate_config.history),
         backbone_flops=int(net.backbone_flops), exits=tuple(exits), files={},

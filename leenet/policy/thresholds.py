@@ -90,8 +90,10 @@ def search_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, choose: 
 
 
 def alpha_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, alpha: float, *,
-                     grid: int = 64) -> Thresholds:
+                     grid: int = 64, rounds: int = 3) -> Thresholds:
     """Thresholds of least calibration objective ``(1 − α)·loss + α·cost`` (raw ``alpha``).
+
+    ``rounds = 0`` keeps the best threshold shared by every gate (or every gate off).
 
     Ties go to the later candidate (the one that exits least), so alpha = 0 exits no sample
     early without a gain on calibration; at alpha = 0 every gate is off outright: compute is
@@ -104,13 +106,13 @@ def alpha_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, alpha: fl
         values = (1.0 - alpha) * loss + alpha * cost
         return len(values) - 1 - int(values.flip(0).argmin()), True  # the last minimum
 
-    found = search_thresholds(scores, losses, costs, choose, grid=grid)
+    found = search_thresholds(scores, losses, costs, choose, grid=grid, rounds=rounds)
     assert found is not None  # every candidate is feasible
     return found
 
 
 def budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cost: float, *,
-                      tie: float = BUDGET_TIE, grid: int = 64) -> Thresholds | None:
+                      tie: float = BUDGET_TIE, grid: int = 64, rounds: int = 3) -> Thresholds | None:
     """Thresholds of least mean calibration loss with mean cost ≤ ``max_cost``, or None.
 
     Candidates within ``tie`` of the least loss count as equally good and the dearest of them
@@ -124,4 +126,4 @@ def budget_thresholds(scores: Tensor, losses: Tensor, costs: CostModel, max_cost
         best = int(torch.argmax(torch.where(tied, cost, -torch.inf)))
         return best, not bool(over[best])
 
-    return search_thresholds(scores, losses, costs, choose, grid=grid)
+    return search_thresholds(scores, losses, costs, choose, grid=grid, rounds=rounds)

@@ -16,11 +16,19 @@ An export directory holds one ONNX graph per stage and ``manifest.json``::
                 "graph": "stage0.onnx", "inputs": ["x"], "outputs": ["features", "logits", "exit_prob"]}, ...],
      "files": {"stage0.onnx": "<sha256>", ...}}
 
-Version 2 is written for a network whose exits read the heads before them (a cascade or an
-ensemble, :mod:`leenet.nn.combine`) and adds ``"linked": true`` and ``"final_heads"``; its
-graphs also take the earlier heads' own logits (``"raw_logits"``) and, with an ensemble, give
-their head's own (``"head_logits"``). Every other export is still written as version 1, which
-means not linked, so runtimes that read only version 1 read it and refuse a linked one.
+Fields appear in later versions (:data:`FIELD_VERSIONS`), and a manifest is written as the
+oldest version that can describe it (:func:`version_for`), so a runtime reads every export it
+can run and refuses, in one line, one that needs a newer runtime:
+
+* version 2 adds ``"linked"`` and ``"final_heads"``, for a network whose exits read the heads
+  before them (a cascade or an ensemble, :mod:`leenet.nn.combine`); its graphs also take the
+  earlier heads' own logits (``"raw_logits"``) and, with an ensemble, give their head's own
+  (``"head_logits"``);
+* version 3 adds ``"precision"`` and ``"quantization"``, for int8 stage graphs (onnxruntime
+  QDQ static quantization, :mod:`leenet.export.quantize`); they read and give float32 tensors
+  like the float32 graphs, so the router runs them unchanged.
+
+A float32 export without linked exits is written as version 1, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -29,21 +37,26 @@ import dataclasses
 import hashlib
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT = "leenet.export"
-VERSION = 2  # the newest schema; an export without linked exits is written as version 1
-READ_VERSIONS = (1, 2)
-LINKED_VERSION = 2  # the first version that can describe linked exits
+# field → the schema version it appeared in; a field absent from the table is in version 1
+FIELD_VERSIONS = {"linked": 2, "final_heads": 2, "precision": 3, "quantization": 3}
+_MEANS = {"linked": "linked exits", "final_heads": "linked exits", "precision": "int8 graphs",
+          "quantization": "int8 graphs"}  # what a field of FIELD_VERSIONS describes, for messages
+VERSION = max(FIELD_VERSIONS.values())  # the newest schema
+READ_VERSIONS = tuple(range(1, VERSION + 1))
+LINKED_VERSION = FIELD_VERSIONS["linked"]  # the first version that can describe linked exits
+PRECISIONS = ("float32", "int8")  # what the stage graphs compute in
 MANIFEST_NAME = "manifest.json"
 RESIZE_MODES = ("stretch", "shorter-side-crop")
 COLORS = ("L", "RGB")
 # Graph tensor names (an ONNX graph may not reuse an input name for an output).
 INPUT, PREV_LOGITS, RAW_LOGITS = "x", "prev_logits", "raw_logits"
 FEATURES, LOGITS, EXIT_PROB, HEAD_LOGITS = "features", "logits", "exit_prob", "head_logits"
-_LINK_KEYS = ("linked", "final_heads")  # manifest keys of version 2, absent from version 1
 
 
 class ExportError(RuntimeError):
@@ -101,6 +114,21 @@ class ExitEntry:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an int8 export's stage graphs were made from the float32 ones (version 3)."""
+
+    format: str  # onnxruntime's QuantFormat: "QDQ" (QuantizeLinear/DequantizeLinear pairs around float ops)
+    activations: str  # activation type: "uint8" (asymmetric) or "int8"
+    weights: str  # weight type and granularity, e.g. "int8 per-channel"
+    method: str  # activation range calibration: "minmax", "entropy" or "percentile"
+    calibration_images: int  # calibration images that set the activation ranges, stage by stage
+    quantized: str  # which nodes are int8: "backbone" (heads and gates float32) or "backbone+heads"
+    refit: str  # how the exit policy was refit on the int8 graphs' outputs, e.g. "shared threshold"
+    refit_images: int  # calibration images the refit was chosen on
+    onnxruntime: str  # the onnxruntime version that quantized the graphs
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a runtime needs besides the graphs themselves."""
 
@@ -121,14 +149,23 @@ class Manifest:
     linked: bool = False  # an exit's logits read the heads before it (a cascade or an ensemble): the
     # runtime keeps the heads' own logits and feeds them to the graphs that take "raw_logits"
     final_heads: bool = False  # the final exit reads every early head (an ensemble over it)
+    # version 3 (absent from earlier versions, which means float32):
+    precision: str = "float32"  # what the stage graphs compute in: "float32" or "int8" (inputs and outputs
+    # are float32 either way)
+    quantization: Quantization | None = None  # how the int8 graphs were made; None for float32
 
     def __post_init__(self) -> None:
         made = (self.preprocessing.channels, *self.preprocessing.image_size)
         if made != tuple(self.input_shape):
             raise ExportError(f"the manifest's preprocessing makes {made} images but its graphs read "
                               f"input_shape {tuple(self.input_shape)}: export again")
-        if (self.linked or self.final_heads) and self.version < LINKED_VERSION:
-            raise ExportError(f"a version {self.version} manifest cannot describe linked exits: export again")
+        newer = dict.fromkeys(_MEANS[name] for name in FIELD_VERSIONS
+                              if FIELD_VERSIONS[name] > self.version and _is_set(self, name))
+        if newer:
+            raise ExportError(f"a version {self.version} manifest cannot describe {' or '.join(newer)}: export again")
+        if self.precision not in PRECISIONS or (self.precision == "int8") != (self.quantization is not None):
+            raise ExportError(f"the manifest's precision {self.precision!r} and its quantization disagree "
+                              f"(valid precisions: {', '.join(PRECISIONS)}; int8 needs quantization): export again")
         if self.final_heads and not self.linked:
             raise ExportError("the manifest's final exit reads the heads but its exits are not linked: export again")
         self._check_graphs()
@@ -149,12 +186,29 @@ class Manifest:
                                   "the manifest is damaged; export again")
 
     def to_dict(self) -> dict:
-        """The JSON form; a version 1 manifest is written without the keys of version 2."""
+        """The JSON form, without the keys of versions after its own."""
         value = dataclasses.asdict(self)
-        if self.version < LINKED_VERSION:
-            for key in _LINK_KEYS:
+        for key, version in FIELD_VERSIONS.items():
+            if version > self.version:
                 del value[key]
         return value
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Manifest)}
+
+
+def _is_set(manifest: Manifest, name: str) -> bool:
+    """Whether ``manifest``'s field ``name`` differs from its default (what an older version means by its absence)."""
+    return getattr(manifest, name) != _DEFAULTS[name]
+
+
+def version_for(**fields) -> int:
+    """The oldest manifest version that can describe a manifest with these field values: the
+    version of :data:`FIELD_VERSIONS` of every field set to other than its default, at least 1."""
+    unknown = set(fields) - set(_DEFAULTS)
+    if unknown:
+        raise ExportError(f"manifest has no fields {', '.join(sorted(unknown))}")
+    return max([1, *(FIELD_VERSIONS.get(name, 1) for name, value in fields.items() if value != _DEFAULTS[name])])
 
 
 def needed_heads(enabled: list[bool], chained: bool, final: bool = False) -> list[bool]:
@@ -215,7 +269,7 @@ def read_manifest(export_dir: str | Path, *, verify: bool = True) -> Manifest:
     if raw.get("version") not in READ_VERSIONS:
         raise ExportError(f"{path} has manifest version {raw.get('version')!r}, this runtime reads "
                           f"versions {', '.join(map(str, READ_VERSIONS))}: use the matching leenet-runtime or {fix}")
-    missing = [key for key in _LINK_KEYS if raw["version"] >= LINKED_VERSION and key not in raw]
+    missing = [key for key, version in FIELD_VERSIONS.items() if raw["version"] >= version and key not in raw]
     if missing:
         raise ExportError(f"manifest lacks {', '.join(missing)}: the manifest is damaged or from another "
                           "release; export again")
@@ -242,6 +296,10 @@ def verify_files(export_dir: Path, manifest: Manifest) -> None:
 def _convert(kind, value, where: str):
     """``value`` (parsed JSON) as ``kind`` (a type hint of the schema), or an ExportError naming ``where``."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise _bad(where, "an object", value)
