@@ -53,11 +53,12 @@ def export_int8(source: str | Path | ExitNet, out_dir: str | Path, *, options: Q
         out_dir: must not exist (or be an empty directory); written only when everything succeeded.
         options: how the graphs are quantized (default: :class:`QuantizeOptions`'s defaults).
         opset: ONNX opset of the float32 graphs that are quantized.
-        calib, test: the calibration and test splits (default for a run: rebuilt from its config;
-            needed for an ExitNet).
+        calib: the calibration split (default for a run: rebuilt from its config; needed for an ExitNet).
+        test: the test split (default for a run: rebuilt from its config; needed for an ExitNet).
         policy: the setting the refit keeps (default for a run: from its ``results.json``; needed
             for an ExitNet).
-        class_names, preprocessing: as for :func:`~leenet.export.onnx.export_onnx`.
+        class_names: as for :func:`~leenet.export.onnx.export_onnx`.
+        preprocessing: as for :func:`~leenet.export.onnx.export_onnx`.
 
     Returns:
         The path of the written ``manifest.json``.
