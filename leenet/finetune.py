@@ -26,7 +26,7 @@ from leenet.errors import LeenetError
 from leenet.nn.model import ExitNet
 from leenet.progress import EpochLines, progress_bar
 from leenet.resume import EpochCheckpoint
-from leenet.train import Batches, _check_loss, _parallel, distilled_loss, freeze_
+from leenet.train import Batches, _parallel, distilled_loss, freeze_, optimizer_step
 
 RAMP_START = 0.01  # every early exit's loss weight at the first step (SDN's)
 RAMP_DEPTH = 0.9  # the deepest early exit's weight at the last step; exit i's is RAMP_DEPTH * (i + 1) / (E - 1)
@@ -323,10 +323,7 @@ def _epoch(model: nn.Module, batches, optimizer, schedule, device: torch.device 
         weights = inner.weights((step + count) / max(1, total - 1)).to(x.device)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed):
             loss = model(x, y, weights)
-        _check_loss(loss, "fine-tune")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, "fine-tune")
         schedule.step()
         loss_sum, count = loss_sum + float(loss.detach()), count + 1
     return [loss_sum, count]

@@ -27,12 +27,17 @@ def freeze_(module: nn.Module) -> nn.Module:
     return module
 
 
-def _check_loss(loss: Tensor, what: str) -> None:
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, what: str) -> None:
+    """Backpropagate ``loss`` and step ``optimizer``, after refusing a loss that is not finite in one
+    line naming ``what`` (the backbone, the heads, the fine-tune)."""
     if not torch.isfinite(loss):
         raise LeenetError(
             f"{what} loss became {float(loss.detach())}: lower the learning rate, or check the inputs and "
             f"the starting weights for NaNs"
         )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def train_classifier(
@@ -121,10 +126,7 @@ def _classifier_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=memory_format is not None):
             logits = model(x).float()
             loss = F.cross_entropy(logits, y)
-        _check_loss(loss, "backbone")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, "backbone")
         if schedule.last_epoch < schedule.total_steps - 1:
             schedule.step()
         total, count = total + float(loss.detach()), count + 1
@@ -239,10 +241,7 @@ def _heads_epoch(net: ExitNet, heads: nn.Module, batches: Iterable[tuple[Tensor,
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss, right = heads(*_frozen_features(net, x, teacher=teacher), y)
-        _check_loss(loss, "head")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, "head")
         schedule.step()
         total, count = total + float(loss.detach()), count + 1
         hits, seen = hits + right.cpu(), seen + len(y)
