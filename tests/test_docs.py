@@ -97,3 +97,10 @@ def test_links_outside_the_site_resolve(page: str) -> None:
     assert targets, page
     broken = [t for t in targets if "://" not in t and not (path.parent / t).exists()]
     assert not broken, f"{page}: links to missing files {broken}"
+
+
+def test_no_page_names_an_issue_number() -> None:
+    """Users do not know the tracker's numbers: pages say what changed instead."""
+    pages = [*(ROOT / "docs").rglob("*.md")]
+    named = [str(p) for p in pages if re.search(r"\bissues? #?\d+", p.read_text(), re.I)]
+    assert pages and not named, named
