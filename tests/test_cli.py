@@ -427,7 +427,8 @@ def test_gates_fit_on_the_training_split_with_class_inputs(tmp_path: Path) -> No
 
 
 def test_another_objective_on_fashion_mnist_drops_the_train_split_default() -> None:
-    from leenet.cli import build_parser, run_config_from_args
+    from leenet.cli import build_parser
+    from leenet.cli_run import run_config_from_args
 
     args = build_parser().parse_args(["run", "--dataset", "fashion-mnist", "--objective", "soft"])
     gates = run_config_from_args(args).train.gates
@@ -463,7 +464,7 @@ def test_cost_latency_prices_exits_in_measured_time(tmp_path: Path) -> None:
 
 
 def test_backbone_training_reaches_the_config_and_unknown_modes_list_the_valid_ones(capsys) -> None:
-    from leenet.cli import run_config_from_args
+    from leenet.cli_run import run_config_from_args
 
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
     assert "finetune tunes the backbone alone the same way" in help_text

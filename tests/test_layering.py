@@ -21,7 +21,7 @@ LAYERS = [  # lowest first; a module may import from its own layer and every lay
     {"predict"},
     {"stages"},
     {"pipeline"},
-    {"cli", "__main__"},
+    {"cli", "cli_run", "__main__"},
 ]
 RANK = {name: k for k, layer in enumerate(LAYERS) for name in layer}
 
