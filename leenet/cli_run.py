@@ -21,6 +21,7 @@ from leenet.config import (
     DEVICES,
     ENSEMBLE_KINDS,
     HEAD_KINDS,
+    JOINT_WEIGHTINGS,
     LOSS_KINDS,
     OBJECTIVES,
     PRECISIONS,
@@ -136,6 +137,15 @@ def add_run(sub) -> None:
                         "none beats it): better early exits if you can change your model; finetune tunes the backbone "
                         "alone the same way, then fits the heads frozen: the control that tells joint's gain from "
                         "more training")
+    t.add_argument("--finetune-epochs", type=float, default=TrainConfig.finetune_epochs, metavar="N",
+                   help="length of --backbone-training finetune/joint: a fraction below 1 of the backbone's epochs "
+                        "(of the dataset's default with --weights) or a whole number of epochs (default: %(default)s)")
+    t.add_argument("--backbone-lr-scale", type=float, default=TrainConfig.backbone_lr_scale, metavar="S",
+                   help="the fine-tune's backbone learning rate as a share of the heads' (default: %(default)s)")
+    t.add_argument("--joint-weighting", choices=JOINT_WEIGHTINGS, default=TrainConfig.joint_weighting,
+                   help="how joint balances its exits: ramp = SDN's early-exit loss weights ramped up linearly; "
+                        "equilibrium = every exit weighs 1 and each stage gets the mean of its exits' gradients "
+                        "(IMTA's gradient equilibrium) (default: %(default)s)")
     t.add_argument("--objective", choices=OBJECTIVES,
                    help="gate objective: soft = expected loss; hard = balanced BCE on each sample's best exit; "
                    "predict = gates predict their exit's correctness once, then per-alpha thresholds minimize "
@@ -213,7 +223,9 @@ def run_config_from_args(args: argparse.Namespace):
                           ensemble=args.ensemble, ensemble_final=args.ensemble_final),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, precision=args.precision, head_epochs=args.head_epochs,
                           gates=gate_train, distill=args.distill, distill_temperature=args.distill_temperature,
-                          backbone_training=args.backbone_training),
+                          backbone_training=args.backbone_training,
+                          finetune_epochs=args.finetune_epochs, backbone_lr_scale=args.backbone_lr_scale,
+                          joint_weighting=args.joint_weighting),
         alphas=parse_alphas(args.alphas), alpha=args.alpha, target_cost=args.target_cost,
         max_drop=args.max_drop, seed=args.seed, device=args.device, out=args.out,
         overwrite=args.overwrite, timing=not args.no_timing, progress=not args.quiet,

@@ -198,13 +198,13 @@ class TrainConfig:
             raise LeenetError(f"unknown --backbone-training '{self.backbone_training}' "
                               f"(valid: {', '.join(BACKBONE_TRAINING)})")
         if self.joint_weighting not in JOINT_WEIGHTINGS:
-            raise LeenetError(f"unknown joint_weighting '{self.joint_weighting}' (valid: {', '.join(JOINT_WEIGHTINGS)})")
+            raise LeenetError(f"unknown --joint-weighting '{self.joint_weighting}' (valid: {', '.join(JOINT_WEIGHTINGS)})")
         size = self.finetune_epochs
         if not (0 < size < 1 or (math.isfinite(size) and size >= 1 and size == int(size))):  # also NaN, inf
-            raise LeenetError(f"finetune_epochs must be a fraction in (0, 1) of the backbone's epochs or a whole "
+            raise LeenetError(f"--finetune-epochs must be a fraction in (0, 1) of the backbone's epochs or a whole "
                               f"number of epochs >= 1, got {size}")
         if not 0 < self.backbone_lr_scale <= 1:  # also NaN
-            raise LeenetError(f"backbone_lr_scale is the backbone's share of the heads' learning rate, in (0, 1] "
+            raise LeenetError(f"--backbone-lr-scale is the backbone's share of the heads' learning rate, in (0, 1] "
                               f"(0.1 is typical), got {self.backbone_lr_scale}")
         for name in ("epochs", "head_epochs"):
             value = getattr(self, name)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from leenet.datasets.folder import ImageFolderDataset
@@ -108,6 +109,14 @@ def sync_from_main(module: torch.nn.Module, procs: Processes) -> None:
     if procs.distributed:
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def data_parallel(module: torch.nn.Module, procs: Processes) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel when several processes train it (its
+    parameters that require no gradient are neither synchronized nor waited for)."""
+    if not procs.distributed:
+        return module
+    return DistributedDataParallel(module, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
 
 
 def sum_over_ranks(values: list[float], procs: Processes) -> list[float]:

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from leenet.config import JOINT_WEIGHTINGS
-from leenet.distributed import Processes, broadcast, sum_over_ranks, sync_from_main
+from leenet.distributed import Processes, broadcast, data_parallel, sum_over_ranks, sync_from_main
 from leenet.errors import LeenetError
 from leenet.nn.model import ExitNet
 from leenet.progress import EpochLines, progress_bar
 from leenet.resume import EpochCheckpoint
-from leenet.train import Batches, _parallel, distilled_loss, freeze_, optimizer_step
+from leenet.train import Batches, distilled_loss, freeze_, optimizer_step
 
 RAMP_START = 0.01  # every early exit's loss weight at the first step (SDN's)
 RAMP_DEPTH = 0.9  # the deepest early exit's weight at the last step; exit i's is RAMP_DEPTH * (i + 1) / (E - 1)
@@ -243,7 +243,7 @@ def finetune_backbone(
     if run.epoch == 0:
         run.calib.append(_calib_accuracy(model, calib, device, procs))
         run.best = _snapshot(model)
-    trained = _parallel(model, procs)
+    trained = data_parallel(model, procs)
     name = "joint" if joint else "finetune"
     lines = EpochLines(name, epochs, progress, log, start=run.epoch)
     mixed = precision == "bf16"

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from leenet.config import PRECISIONS
-from leenet.distributed import Processes, sum_over_ranks, sync_from_main
+from leenet.distributed import Processes, data_parallel, sum_over_ranks, sync_from_main
 from leenet.errors import LeenetError
 from leenet.nn.model import ExitNet
 from leenet.progress import EpochLines, progress_bar
@@ -88,7 +87,7 @@ def train_classifier(
     )
     history, first = _restore(checkpoint, model, optimizer, schedule)
     procs = procs or Processes()
-    trained = _parallel(model, procs)
+    trained = data_parallel(model, procs)
     lines = EpochLines("backbone", epochs, progress, log, start=first)
     _train_mode_where_trained(model)
     for epoch in range(first, epochs):
@@ -103,14 +102,6 @@ def train_classifier(
     sync_from_main(model, procs)
     model.eval()
     return history
-
-
-def _parallel(module: nn.Module, procs: Processes) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel when several processes train it (its
-    parameters that require no gradient are neither synchronized nor waited for)."""
-    if not procs.distributed:
-        return module
-    return DistributedDataParallel(module, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
 
 
 def _classifier_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], optimizer, schedule,
@@ -217,7 +208,7 @@ def train_heads(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
     history, first = _restore(checkpoint, heads, optimizer, schedule)
     procs = procs or Processes()
-    trained = _parallel(heads, procs)
+    trained = data_parallel(heads, procs)
     lines = EpochLines("heads", epochs, progress, log, start=first)
     heads.train()
     for epoch in range(first, epochs):
