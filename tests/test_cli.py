@@ -475,3 +475,22 @@ def test_backbone_training_reaches_the_config_and_unknown_modes_list_the_valid_o
         main(["run", "--backbone-training", "joined"])
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and all(m in err for m in ("'frozen'", "'finetune'", "'joint'")), err
+
+
+def test_the_fine_tune_settings_are_flags_of_leenet_run() -> None:
+    from leenet.cli_run import run_config_from_args
+    from leenet.config import TrainConfig
+
+    parser = build_parser()
+    train = run_config_from_args(parser.parse_args(
+        ["run", "--backbone-training", "joint", "--finetune-epochs", "3", "--backbone-lr-scale", "0.2",
+         "--joint-weighting", "equilibrium"])).train
+    assert (train.backbone_training, train.finetune_epochs, train.backbone_lr_scale, train.joint_weighting) == (
+        "joint", 3.0, 0.2, "equilibrium")
+    defaults = run_config_from_args(parser.parse_args(["run"])).train
+    assert (defaults.finetune_epochs, defaults.backbone_lr_scale, defaults.joint_weighting) == (
+        TrainConfig.finetune_epochs, TrainConfig.backbone_lr_scale, TrainConfig.joint_weighting)
+    with pytest.raises(LeenetError, match="--finetune-epochs must be a fraction"):
+        run_config_from_args(parser.parse_args(["run", "--finetune-epochs", "1.5"]))
+    with pytest.raises(SystemExit):  # argparse refuses an unknown weighting with the valid choices
+        parser.parse_args(["run", "--joint-weighting", "imta"])

@@ -28,8 +28,6 @@ from leenet import (
     make_loader,
     run,
 )
-from leenet.cli import build_parser
-from leenet.cli_run import run_config_from_args
 from leenet.finetune import (
     FINAL_EXIT_TOLERANCE,
     RAMP_DEPTH,
@@ -246,22 +244,6 @@ def test_the_mode_is_validated_in_one_line() -> None:
         TrainConfig(backbone_lr_scale=2.0)
     with pytest.raises(LeenetError, match=r"unknown --joint-weighting 'imta' \(valid: ramp, equilibrium\)"):
         TrainConfig(joint_weighting="imta")
-
-
-def test_the_fine_tune_settings_are_flags_of_leenet_run() -> None:
-    parser = build_parser()
-    train = run_config_from_args(parser.parse_args(
-        ["run", "--backbone-training", "joint", "--finetune-epochs", "3", "--backbone-lr-scale", "0.2",
-         "--joint-weighting", "equilibrium"])).train
-    assert (train.backbone_training, train.finetune_epochs, train.backbone_lr_scale, train.joint_weighting) == (
-        "joint", 3.0, 0.2, "equilibrium")
-    defaults = run_config_from_args(parser.parse_args(["run"])).train
-    assert (defaults.finetune_epochs, defaults.backbone_lr_scale, defaults.joint_weighting) == (
-        TrainConfig.finetune_epochs, TrainConfig.backbone_lr_scale, TrainConfig.joint_weighting)
-    with pytest.raises(LeenetError, match="--finetune-epochs must be a fraction"):
-        run_config_from_args(parser.parse_args(["run", "--finetune-epochs", "1.5"]))
-    with pytest.raises(SystemExit):  # argparse refuses an unknown weighting with the valid choices
-        parser.parse_args(["run", "--joint-weighting", "imta"])
 
 
 def test_gradient_equilibrium_gives_each_stage_the_mean_of_its_exits_gradients() -> None:
