@@ -51,16 +51,22 @@ from fashion_mnist import mean_std  # noqa: E402
 from fmnist_backbone import CALIB_SIZE  # noqa: E402
 
 from leenet import (  # noqa: E402
+    CachedOutputs,
     DataConfig,
     GateTrainConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
+    confidence_scores,
+    envelope_gap,
+    first_exit,
     load_checkpoint,
     load_dataset,
     make_loader,
     run,
 )
+from leenet.evaluate.compare import BASELINES, GAP_TOL  # noqa: E402
+from leenet.policy.simulate import gate_probabilities, threshold_exits  # noqa: E402
 
 ARMS = {"A": ("frozen", "ramp"), "B": ("finetune", "ramp"), "C": ("joint", "ramp"), "D": ("joint", "equilibrium")}
 NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium"}
@@ -128,9 +134,12 @@ def per_image(run_dir: Path, results: dict, x: torch.Tensor, y: torch.Tensor) ->
     """Per-test-image correctness of every exit and of LEENet's operating points (and their per-image
     cost), re-routed from the run's model.pt; each checked against the figure the run reported."""
     net = load_checkpoint(run_dir / "model.pt")
-    exits = (net.forward_all(x).logits.argmax(-1) == y[:, None]).T.numpy()  # (E, N)
+    out = net.forward_all(x)
+    exits = (out.logits.argmax(-1) == y[:, None]).T.numpy()  # (E, N)
     reported = [e["accuracy"] for e in results["exits"]]
     assert np.allclose(exits.mean(1), reported, atol=1e-6), (exits.mean(1), reported)
+    versus = versus_thresholds_paired(run_dir, results, CachedOutputs(out.logits, out.pooled, y), net.gate_config,
+                                      float(net.cost[0]))
     points = {}
     for point in results["operating_points"]:
         if point["method"] != "leenet" or point["name"] not in POINTS or not point["reachable"]:
@@ -142,7 +151,40 @@ def per_image(run_dir: Path, results: dict, x: torch.Tensor, y: torch.Tensor) ->
         points[point["name"]] = {"correct": (logits.argmax(-1) == y).numpy(), "cost": cost.double().numpy(),
                                  "matches_run": math.isclose(float((logits.argmax(-1) == y).double().mean()),
                                                              point["accuracy"], abs_tol=1e-6)}
-    return {"exits": exits, "points": points}
+    return {"exits": exits, "points": points, "versus_thresholds": versus}
+
+
+def versus_thresholds_paired(run_dir: Path, results: dict, test: CachedOutputs, gate_config, lo: float) -> dict:
+    """LEENet's alpha curve against the threshold baselines' envelope on test (the run's own
+    ``versus_thresholds``), with the paired standard error of the gap at its worst point: each
+    policy of both families re-routed per image from the run's model.pt (gates of every alpha) and
+    exit logits, each checked against the accuracy the run reported; ``lo``: the first exit's cost."""
+    correct = test.correct  # (N, E)
+    rows = torch.arange(len(correct))
+
+    def outcome(exit_index: torch.Tensor, reported: float) -> np.ndarray:
+        hits = correct[rows, exit_index].numpy()
+        assert math.isclose(float(hits.mean()), reported, abs_tol=1e-6), (float(hits.mean()), reported)
+        return hits
+
+    ours, ours_points = [], []
+    inputs = test.gate_inputs(gate_config)
+    for p in (p for p in results["policies"] if p["method"] == "leenet"):
+        gates = load_checkpoint(run_dir / "model.pt", alpha=p["param"]).gates
+        ours.append(outcome(first_exit(gate_probabilities(gates, inputs) >= p["threshold"]), p["accuracy"]))
+        ours_points.append((p["cost"], p["accuracy"]))
+    theirs, their_points = [], []
+    for kind in BASELINES:
+        scores = confidence_scores(test.logits, kind)
+        for p in (p for p in results["policies"] if p["method"] == kind):
+            theirs.append(outcome(threshold_exits(scores, p["param"]), p["accuracy"]))
+            their_points.append((p["cost"], p["accuracy"]))
+    gap = envelope_gap(ours_points, their_points, lo, 1.0, GAP_TOL,
+                       outcomes=(np.stack(ours), np.stack(theirs)))
+    assert math.isclose(gap["area"], results["versus_thresholds"]["leenet"]["area"], abs_tol=1e-9)
+    keep = ("area", "worst_gap", "worst_cost", "worst_stderr", "min_z", "min_z_cost", "min_z_gap")
+    return {k: gap[k] for k in keep if k in gap} | {
+        "holds": gap["area"] > 0 and gap["worst_gap"] >= -2 * gap["worst_stderr"]}
 
 
 def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
@@ -200,7 +242,36 @@ def arm_summary(arm_results: list[dict], arm_images: list[dict], seconds: list[f
             if len(exits) > 1 else None, "operating_points": points, "training_seconds": mean_std(training),
             "run_seconds": mean_std(seconds),
             "fine_tune": [None if t is None else {k: v for k, v in t.items() if k in KEPT} for t in tunes],
-            "rerouted_match_runs": all(p["matches_run"] for s in arm_images for p in s["points"].values())}
+            "rerouted_match_runs": all(p["matches_run"] for s in arm_images for p in s["points"].values()),
+            "versus_thresholds": [s["versus_thresholds"] for s in arm_images]}
+
+
+def goals(arms: dict, pairs: dict) -> dict:
+    """Each arm's figures against the study's goals (means over seeds; "frozen backbone" is arm A's final exit)."""
+    frozen_final = arms["A"]["exit_accuracy"][-1]
+    final = f"exit {len(arms['A']['exit_accuracy']) - 1}"
+    out = {}
+    for arm, row in arms.items():
+        points = row["operating_points"]
+
+        def figure(name: str, key: str, points=points) -> float | None:
+            return points[name][key][0] if name in points else None
+
+        acc25, cost05, acc75 = (figure("accuracy at <= 25% FLOPs", "accuracy"), figure("cost at <= 0.5 pt drop", "cost"),
+                                figure("accuracy at <= 75% FLOPs", "accuracy"))
+        out[arm] = {
+            "accuracy at <= 25% FLOPs >= 93.5 %": [acc25, acc25 is not None and acc25 >= 0.935],
+            "cost at <= 0.5 pt drop <= 0.22 (the arm's own final exit as reference)": [
+                cost05, cost05 is not None and cost05 <= 0.22],
+            "accuracy at <= 75% FLOPs >= frozen backbone + 0.2 pt": [
+                acc75, acc75 is not None and acc75 >= frozen_final + 0.002],
+            "LEENet ahead of or level with thresholds (area > 0, worst gap within 2 paired SE), every seed": [
+                [v["area"] for v in row["versus_thresholds"]], all(v["holds"] for v in row["versus_thresholds"])],
+        }
+    for arm in ("C", "D"):
+        diff = pairs[f"{arm} - B"][final]["mean_diff"]
+        out[arm]["final exit no worse than B's by more than 0.1 pt (paired)"] = [diff, diff >= -0.001]
+    return out
 
 
 def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
@@ -268,16 +339,20 @@ def main() -> None:
         "backbones": backbones,
         "arms": {arm: {"mode": NAMES[arm], **arm_summary(per_arm[arm], images[arm], seconds[arm])} for arm in ARMS},
         "paired": {f"{a} - {b}": paired(by_seed, a, b) for a, b in PAIRS},
+        "frozen_backbone_test_accuracy": "arm A's final exit (the backbone every arm starts from)",
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "command": "python " + " ".join(sys.argv), "wall_seconds": time.perf_counter() - start},
     }
+    summary["goals"] = goals(summary["arms"], summary["paired"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(per_arm, out / "tradeoff.png")
     for arm, row in summary["arms"].items():
         print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
               f"heads + fine-tune {row['training_seconds'][0]:.0f} s")
+    for arm, row in summary["goals"].items():
+        print(f"{arm} goals: " + "; ".join(f"{name}: {'met' if ok else 'not met'}" for name, (_, ok) in row.items()))
     print(f"wrote {out / 'results.json'} and {out / 'tradeoff.png'}")
 
 
