@@ -102,7 +102,7 @@ def run(config: RunConfig | None = None, *, log: Log = print, resume: bool = Fal
             out = resume_dir(config.out) if resume else prepare_out_dir(
                 config.out, config.data.dataset, resolved.model.arch, overwrite=config.overwrite)
         try:
-            state = RunState(out, config.to_dict(), procs, resume=resume)
+            state = RunState(out, config.to_dict(), procs, resume=resume, defaults=RunConfig().to_dict())
             if resume:
                 log(f"resume: reusing {state.summary()} from {out}")
             return _run_into(out, config, resolved, procs, state, log)

@@ -42,20 +42,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def differences(saved: dict, asked: dict) -> list[str]:
-    """``"key: A there, B here"`` for each setting of ``asked`` that changes the result and differs."""
-    found = []
+def differences(saved: dict, asked: dict, defaults: dict | None = None) -> list[str]:
+    """``"key: A there, B here"`` for each setting of ``asked`` that changes the result and differs.
 
-    def walk(a, b, key: str) -> None:
+    A setting ``saved`` lacks (its run was started by a version without it) does not differ when
+    ``asked`` holds its value in ``defaults``: the default is what that version computed.
+    """
+    found = []
+    missing = object()
+
+    def walk(a, b, default, key: str) -> None:
         if key in UNCHANGING:
             return
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+                walk(a.get(k, missing), b.get(k), default.get(k, missing) if isinstance(default, dict) else missing,
+                     f"{key}.{k}" if key else k)
+        elif a is missing:
+            if b != default:
+                found.append(f"{key}: absent there (made by an older version), {b} here")
         elif a != b:
             found.append(f"{key}: {a} there, {b} here")
 
-    walk(saved, as_json(asked), "")
+    walk(saved, as_json(asked), as_json(defaults or {}), "")
     return found
 
 
@@ -66,12 +75,13 @@ class RunState:
     other processes need no shared file system.
     """
 
-    def __init__(self, out: Path | None, asked: dict, procs: Processes, *, resume: bool) -> None:
+    def __init__(self, out: Path | None, asked: dict, procs: Processes, *, resume: bool,
+                 defaults: dict | None = None) -> None:
         self.out, self.asked, self.procs = out, asked, procs
         self.dir = out / STAGES if out is not None else None
         self.found: dict[str, dict] = {}  # name -> saved "note" of each stage present at the start
         if procs.is_main and resume:
-            changed = differences(json.loads((out / "config.json").read_text()), asked)
+            changed = differences(json.loads((out / "config.json").read_text()), asked, defaults)
             if changed:
                 raise LeenetError(f"--resume {out} was run with other settings ({'; '.join(changed)}): repeat "
                                   f"its arguments, or start a new run with --out")

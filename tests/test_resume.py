@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from leenet.cli import main
-from leenet.resume import atomic_save
+from leenet.config import RunConfig, TrainConfig
+from leenet.resume import atomic_save, differences
+from leenet.rundir import as_json
 
 ARGS = ["--epochs", "4", "--head-epochs", "12", "--alphas", "0,0.5,1", "--gate-steps", "30", "--no-timing"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # one thread: the same sums every time
@@ -85,6 +87,18 @@ def test_resume_refuses_other_settings_and_finished_runs(uninterrupted: Path, tm
     assert "that run finished" in capsys.readouterr().err
     assert main(["run", *ARGS, "--quiet", "--resume", str(tmp_path / "none")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_a_setting_an_older_version_did_not_write_counts_only_when_asked_away_from_its_default() -> None:
+    defaults = RunConfig().to_dict()
+    older = as_json(RunConfig().to_dict())  # config.json as read back
+    for key in ("backbone_training", "finetune_epochs", "backbone_lr_scale", "joint_weighting"):
+        del older["train"][key]  # a config.json written before the fine-tune existed
+    assert differences(older, RunConfig().to_dict(), defaults) == []
+    joint = RunConfig(train=TrainConfig(backbone_training="joint")).to_dict()
+    assert differences(older, joint, defaults) == [
+        "train.backbone_training: absent there (made by an older version), joint here"]
+    assert differences(as_json(defaults), joint, defaults) == ["train.backbone_training: frozen there, joint here"]
 
 
 def test_an_interrupted_run_is_not_started_over_by_accident(tmp_path: Path, capsys) -> None:
