@@ -297,6 +297,41 @@ def goals(arms: dict, pairs: dict) -> dict:
     return out
 
 
+def markdown(summary: dict) -> str:
+    """The tables of the docs page: each arm's exits, operating points and training time; the paired
+    differences against A and B; the goals (test figures, means over the seeds run)."""
+    arms, pct = summary["arms"], (lambda v: "–" if v is None else f"{100 * v:.2f} %")
+    exits = len(arms["A"]["exit_accuracy"])
+    lines = ["| arm | " + " | ".join(f"exit {i}" for i in range(exits)) + " | " + " | ".join(POINTS)
+             + " | heads + fine-tune (s) | fine-tune kept |", "|---" * (exits + len(POINTS) + 3) + "|"]
+    for arm, row in arms.items():
+        points = row["operating_points"]
+        cells = [pct(a) for a in row["exit_accuracy"]]
+        for name in POINTS:
+            key = "cost" if name.startswith("cost") else "accuracy"
+            value = points[name][key][0] if name in points else None
+            cells.append("–" if value is None else f"{value:.3f}" if key == "cost" else pct(value))
+        kept = ", ".join("–" if t is None else f"epoch {t['chosen_epoch']}" + (" (fell back)" if t["fell_back"] else "")
+                         for t in row["fine_tune"])
+        lines.append(f"| {arm} {row['mode']} | " + " | ".join(cells) + f" | {row['training_seconds'][0]:.0f} | {kept} |")
+    lines += ["", "| difference (paired, test) | " + " | ".join(f"exit {i}" for i in range(exits)) + " |",
+              "|---" * (exits + 1) + "|"]
+    for pair, rows in summary["paired"].items():
+        cells = []
+        for i in range(exits):
+            r = rows[f"exit {i}"]
+            p = min(s.get("mcnemar_p", 1.0) for s in r["per_seed"])
+            cells.append(f"{100 * r['mean_diff']:+.2f} pt (p {p:.2g})")
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    lines += ["", "| arm | goal | figure | met |", "|---|---|---|---|"]
+    for arm, goals_ in summary["goals"].items():
+        for name, (value, ok) in goals_.items():
+            shown = (", ".join(f"{v:.5f}" for v in value) if isinstance(value, list)
+                     else "–" if value is None else f"{value:.4f}")
+            lines.append(f"| {arm} | {name} | {shown} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
     points = sorted((p["cost"], p["accuracy"]) for p in results["policies"] if p["method"] == method)
     return [c for c, _ in points], [a for _, a in points]
@@ -374,6 +409,7 @@ def main() -> None:
     for arm, row in summary["arms"].items():
         print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
               f"heads + fine-tune {row['training_seconds'][0]:.0f} s")
+    (out / "summary.md").write_text(markdown(summary))
     for arm, row in summary["goals"].items():
         print(f"{arm} goals: " + "; ".join(f"{name}: {'met' if ok else 'not met'}" for name, (_, ok) in row.items()))
     print(f"wrote {out / 'results.json'} and {out / 'tradeoff.png'}")
