@@ -35,6 +35,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -215,8 +216,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = {"question": __doc__.split("\n\n")[0], "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "command": "OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")) + " python benchmarks/int8_speed.py "
-           + f"--run {args.run}" + (f" --int8-export {args.int8_export}" if args.int8_export else ""),
+           "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python benchmarks/int8_speed.py "
+           + " ".join(sys.argv[1:]),
            "cpu": cpu, "load_average_after": list(os.getloadavg()), "uptime_after": _uptime(),
            "seconds": time.time() - started,
            "fashion_mnist_policy": policy, "rows": rows,
