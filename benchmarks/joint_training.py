@@ -1,30 +1,32 @@
-"""Issue 28: does training the backbone with its exits move the frontier, or is a gain just more training?
+"""Does training the backbone with its exits move the frontier, or is a gain just more training?
 
-Four arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
+Five arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
 on the same seeds, splits, trained backbone, heads' initialization and test images: **A** ``frozen``
 (today), **B** ``finetune`` (the backbone fine-tuned alone, then the heads fitted frozen: the
 control, as much extra training as C), **C** ``joint`` (the backbone fine-tuned with its fitted
-heads, the early exits' weights ramped up as SDN does) and **D** ``joint`` with IMTA's gradient
-equilibrium instead of the ramp (``TrainConfig.joint_weighting``). Per seed the backbone is
-trained once by a ``leenet run`` at the dataset's recipe, and each arm starts from its ``model.pt``
-(``--weights``, ``--epochs 0``) with the fine-tune at a quarter of the backbone's epochs.
+heads, the early exits' weights ramped up as SDN does), **D** ``joint`` with IMTA's gradient
+equilibrium instead of the ramp (``TrainConfig.joint_weighting``) and **E** C with the backbone at a
+fifth of C's learning rate (``backbone_lr_scale`` 0.02, since C's first epoch costs the final exit
+most). Per seed the backbone is trained once by a ``leenet run`` at the dataset's recipe, and each
+arm starts from its ``model.pt`` (``--weights``, ``--epochs 0``) with the fine-tune at a quarter of
+the backbone's epochs.
 
 Reported per arm (means over seeds): each exit's test accuracy, LEENet's operating points, the
 training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same test
-images, for B - A, C - A, C - B, D - A, D - B and D - C: McNemar's exact test on each exit and
-operating point's per-image correctness, a paired bootstrap interval of each accuracy and cost
-difference. The operating points are re-routed from each arm's ``model.pt`` (its gates for the
-chosen alpha and threshold) to get per-image figures, and checked against the run's own numbers.
+images, for each pair in PAIRS: McNemar's exact test on each exit and operating point's per-image
+correctness, a paired bootstrap interval of each accuracy and cost difference. The operating points
+are re-routed from each arm's ``model.pt`` (its gates for the chosen alpha and threshold) to get
+per-image figures, and checked against the run's own numbers; so is every policy of the alpha
+curve and of both threshold baselines, for the paired standard error of LEENet's worst gap.
 
-The full study, NOT RUN YET (about 5.5-6 h on 2 idle CPU cores, estimated from the 27-minute
-backbone of docs/benchmark.md: per seed the backbone, four arms' heads, caches and gates, and
-3 x 6 fine-tune epochs), from the repository root::
+Seed 0 ran on 2026-12-06 (2-core Intel Xeon VM, about 100 minutes: the backbone 32, the arms 10-18
+each); every seed costs about the same. From the repository root::
 
-    OMP_NUM_THREADS=2 python benchmarks/joint_training.py
+    OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0      # then --seeds 0 1 2
 
-writes ``benchmarks/results/joint_training/results.json`` and ``tradeoff.png`` (runs under
-``runs/joint_training/``; a finished run is reused). ``--smoke`` checks the machinery in a minute or
-two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
+writes ``benchmarks/results/joint_training/results.json``, ``summary.md`` (the docs' tables) and
+``tradeoff.png`` (runs under ``runs/joint_training/``; a finished run is reused). ``--smoke`` checks
+the machinery in a minute or two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ from leenet import (  # noqa: E402
 from leenet.evaluate.compare import BASELINES, GAP_TOL, paired_stderr  # noqa: E402
 from leenet.policy.simulate import gate_probabilities, threshold_exits  # noqa: E402
 
-ARMS = {"A": ("frozen", "ramp"), "B": ("finetune", "ramp"), "C": ("joint", "ramp"), "D": ("joint", "equilibrium")}
-NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium"}
-PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"))
+# arm -> (mode, joint weighting, the backbone's share of the heads' learning rate)
+ARMS = {"A": ("frozen", "ramp", 0.1), "B": ("finetune", "ramp", 0.1), "C": ("joint", "ramp", 0.1),
+        "D": ("joint", "equilibrium", 0.1), "E": ("joint", "ramp", 0.02)}
+NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium",
+         "E": "joint, SDN ramp, backbone lr x0.2"}
+PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"), ("E", "A"), ("E", "C"))
 POINTS = ("accuracy at <= 25% FLOPs", "accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
           "cost at <= 0.5 pt drop", "cost at <= 1 pt drop")
 BOOTSTRAP = 2000  # paired resamples of the test images
@@ -108,9 +113,10 @@ def config(setup: Setup, seed: int, out: Path, arm: str = "A", weights: Path | N
     if weights is None:
         train = TrainConfig(epochs=setup.epochs, head_epochs=0, gates=BACKBONE_ONLY)
     else:
-        mode, weighting = ARMS[arm]
+        mode, weighting, lr_scale = ARMS[arm]
         train = TrainConfig(epochs=0, head_epochs=setup.head_epochs, gates=setup.gates, backbone_training=mode,
-                            finetune_epochs=setup.finetune_epochs, joint_weighting=weighting)
+                            finetune_epochs=setup.finetune_epochs, joint_weighting=weighting,
+                            backbone_lr_scale=lr_scale)
     alphas = (0.0,) if weights is None else setup.alphas
     return RunConfig(data=DataConfig(dataset=setup.dataset, calib_size=setup.calib_size),
                      model=ModelConfig(weights=None if weights is None else str(weights.resolve())), train=train,
@@ -291,7 +297,7 @@ def goals(arms: dict, pairs: dict) -> dict:
                 [v["alpha_curve"]["area"] for v in row["versus_thresholds"]],
                 all(v["alpha_curve"]["holds"] for v in row["versus_thresholds"])],
         }
-    for arm in ("C", "D"):
+    for arm in ("C", "D", "E"):
         diff = pairs[f"{arm} - B"][final]["mean_diff"]
         out[arm]["final exit no worse than B's by more than 0.1 pt (paired)"] = [diff, diff >= -0.001]
     return out
@@ -340,7 +346,8 @@ def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
 def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
     """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (seed 0), its exits."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red", "tab:orange")):
+    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red", "tab:orange",
+                                                          "tab:green")):
         first = runs[0]
         ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {NAMES[arm]}: LEENet")
         ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {NAMES[arm]}: max-softmax")
