@@ -25,7 +25,9 @@ each); every seed costs about the same. From the repository root::
     OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0      # then --seeds 0 1 2
 
 writes ``benchmarks/results/joint_training/results.json``, ``summary.md`` (the docs' tables) and
-``tradeoff.png`` (runs under ``runs/joint_training/``; a finished run is reused). ``--smoke`` checks
+``tradeoff.png`` (runs under ``runs/joint_training/``; a finished run is reused). Each seed's figures
+are also kept in ``seeds/seed<k>.json`` and ``.npz`` there and read back instead of its runs, so
+the study can grow a seed at a time across machines (about 100 minutes each on 2 cores). ``--smoke`` checks
 the machinery in a minute or two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
 """
 
@@ -362,6 +364,64 @@ def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def run_seed(setup: Setup, runs_dir: Path, seed: int, arms: list[str]) -> dict:
+    """One seed: its backbone and arms, trained now unless their runs finished before, and each
+    arm's per-image figures on the test split."""
+    def log(message: str) -> None:
+        print(f"[seed {seed}] {message}", file=sys.stderr, flush=True)
+    home = runs_dir / f"seed{seed}" / "backbone"
+    backbone, backbone_seconds = finished(home, config(setup, seed, home), log)
+    splits = load_dataset(setup.dataset, calib_size=int(setup.calib_size) if setup.calib_size >= 1
+                          else setup.calib_size, seed=seed)
+    x, y = (torch.cat(t) for t in zip(*make_loader(splits.test, 1000, train=False)))
+    out = {"backbone": {"seed": seed, "accuracy": backbone["backbone"]["accuracy"], "seconds": backbone_seconds,
+                        "backbone_phase_seconds": backbone["timings"]["backbone"]}, "arms": {}}
+    for arm in arms:
+        where = runs_dir / f"seed{seed}" / arm
+        results, wall = finished(where, config(setup, seed, where, arm, weights=home / "model.pt"), log)
+        out["arms"][arm] = {"results": results, "seconds": wall, "images": per_image(where, results, x, y)}
+    return out
+
+
+SAVED_RESULTS = ("exits", "operating_points", "policies", "timings", "backbone", "versus_thresholds")
+
+
+def save_seed(out: Path, seed: int, figures: dict) -> None:
+    """Keep one seed's figures under ``out/seeds/`` (JSON and the per-image arrays), so that the
+    study can grow a seed at a time without the seed's runs."""
+    home = out / "seeds"
+    home.mkdir(parents=True, exist_ok=True)
+    arrays, arms = {}, {}
+    for arm, f in figures["arms"].items():
+        arrays[f"{arm}/exits"] = f["images"]["exits"]
+        for name, point in f["images"]["points"].items():
+            arrays[f"{arm}/{name}/correct"], arrays[f"{arm}/{name}/cost"] = point["correct"], point["cost"]
+        arms[arm] = {"results": {k: f["results"][k] for k in SAVED_RESULTS if k in f["results"]},
+                     "seconds": f["seconds"], "versus_thresholds": f["images"]["versus_thresholds"],
+                     "matches_run": {n: p["matches_run"] for n, p in f["images"]["points"].items()}}
+    np.savez_compressed(home / f"seed{seed}.npz", **arrays)
+    (home / f"seed{seed}.json").write_text(json.dumps({"backbone": figures["backbone"], "arms": arms}) + "\n")
+
+
+def load_seed(out: Path, seed: int, arms: list[str]) -> dict | None:
+    """A seed's figures as :func:`save_seed` kept them, or None when they are not there for every arm."""
+    path = out / "seeds" / f"seed{seed}.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if not set(arms) <= set(saved["arms"]):
+        return None
+    arrays = np.load(out / "seeds" / f"seed{seed}.npz")
+    figures = {"backbone": saved["backbone"], "arms": {}}
+    for arm in arms:
+        a = saved["arms"][arm]
+        points = {n: {"correct": arrays[f"{arm}/{n}/correct"], "cost": arrays[f"{arm}/{n}/cost"], "matches_run": m}
+                  for n, m in a["matches_run"].items()}
+        figures["arms"][arm] = {"results": a["results"], "seconds": a["seconds"], "images": {
+            "exits": arrays[f"{arm}/exits"], "points": points, "versus_thresholds": a["versus_thresholds"]}}
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="digits, tiny epochs: check the machinery (~1 min)")
@@ -382,25 +442,20 @@ def main() -> None:
     seconds = {arm: [] for arm in arms}
     backbones = []
     for seed in args.seeds:
-        def log(message: str, seed=seed) -> None:
-            print(f"[seed {seed}] {message}", file=sys.stderr, flush=True)
-        home = runs_dir / f"seed{seed}" / "backbone"
-        backbone, backbone_seconds = finished(home, config(setup, seed, home), log)
-        backbones.append({"seed": seed, "accuracy": backbone["backbone"]["accuracy"], "seconds": backbone_seconds,
-                          "backbone_phase_seconds": backbone["timings"]["backbone"]})
-        splits = load_dataset(setup.dataset, calib_size=int(setup.calib_size) if setup.calib_size >= 1
-                              else setup.calib_size, seed=seed)
-        x, y = (torch.cat(t) for t in zip(*make_loader(splits.test, 1000, train=False)))
+        saved = load_seed(out, seed, arms)
+        if saved is None:
+            saved = run_seed(setup, runs_dir, seed, arms)
+            save_seed(out, seed, saved)
+        backbones.append(saved["backbone"])
         for arm in arms:
-            where = runs_dir / f"seed{seed}" / arm
-            results, wall = finished(where, config(setup, seed, where, arm, weights=home / "model.pt"), log)
-            per_arm[arm].append(results)
-            seconds[arm].append(wall)
-            images[arm].append(per_image(where, results, x, y))
+            per_arm[arm].append(saved["arms"][arm]["results"])
+            seconds[arm].append(saved["arms"][arm]["seconds"])
+            images[arm].append(saved["arms"][arm]["images"])
     by_seed = [{arm: images[arm][k] for arm in arms} for k in range(len(args.seeds))]
     summary = {
-        "question": "issue 28: does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient "
-                    "equilibrium) beat the frozen network (A) and the backbone fine-tuned alone (B)?",
+        "question": "does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient equilibrium, E: C "
+                    "at a fifth of the backbone learning rate) beat the frozen network (A) and the backbone "
+                    "fine-tuned alone (B)?",
         "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs,
                   "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": args.seeds,
                   "smoke": args.smoke, "bootstrap": BOOTSTRAP},
