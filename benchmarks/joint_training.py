@@ -24,7 +24,7 @@ each); every seed costs about the same. From the repository root::
 
     OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0      # then --seeds 0 1 2
 
-writes ``benchmarks/results/joint_training/results.json``, ``summary.md`` (the docs' tables) and
+writes ``benchmarks/results/joint_training/study.json``, ``summary.md`` (the docs' tables) and
 ``tradeoff.png`` (runs under ``runs/joint_training/``; a finished run is reused). Each seed's figures
 are also kept in ``seeds/seed<k>.json`` and ``.npz`` there and read back instead of its runs, so
 the study can grow a seed at a time across machines (about 100 minutes each on 2 cores). ``--smoke`` checks
@@ -469,7 +469,7 @@ def main() -> None:
     }
     summary["goals"] = goals(summary["arms"], summary["paired"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(per_arm, out / "tradeoff.png")
     for arm, row in summary["arms"].items():
         print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
@@ -477,7 +477,7 @@ def main() -> None:
     (out / "summary.md").write_text(markdown(summary))
     for arm, row in summary["goals"].items():
         print(f"{arm} goals: " + "; ".join(f"{name}: {'met' if ok else 'not met'}" for name, (_, ok) in row.items()))
-    print(f"wrote {out / 'results.json'} and {out / 'tradeoff.png'}")
+    print(f"wrote {out / 'study.json'} and {out / 'tradeoff.png'}")
 
 
 if __name__ == "__main__":
