@@ -1,34 +1,38 @@
 """Does training the backbone with its exits move the frontier, or is a gain just more training?
 
-Five arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
+Six arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
 on the same seeds, splits, trained backbone, heads' initialization and test images: **A** ``frozen``
 (today), **B** ``finetune`` (the backbone fine-tuned alone, then the heads fitted frozen: the
 control, as much extra training as C), **C** ``joint`` (the backbone fine-tuned with its fitted
 heads, the early exits' weights ramped up as SDN does), **D** ``joint`` with IMTA's gradient
-equilibrium instead of the ramp (``TrainConfig.joint_weighting``) and **E** C with the backbone at a
+equilibrium instead of the ramp (``TrainConfig.joint_weighting``), **E** C with the backbone at a
 fifth of C's learning rate (``backbone_lr_scale`` 0.02, since C's first epoch costs the final exit
-most). Per seed the backbone is trained once by a ``leenet run`` at the dataset's recipe, and each
-arm starts from its ``model.pt`` (``--weights``, ``--epochs 0``) with the fine-tune at a quarter of
-the backbone's epochs.
+most) and **F** B at E's rate, E's control (CONTROL pairs each joint arm with the fine-tune alone at
+its learning rate). Per seed the backbone is trained once by a ``leenet run`` at the dataset's
+recipe, and each arm starts from its ``model.pt`` (``--weights``, ``--epochs 0``) with the
+fine-tune at a quarter of the backbone's epochs.
 
-Reported per arm (means over seeds): each exit's test accuracy, LEENet's operating points, the
-training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same test
-images, for each pair in PAIRS: McNemar's exact test on each exit and operating point's per-image
-correctness, a paired bootstrap interval of each accuracy and cost difference. The operating points
-are re-routed from each arm's ``model.pt`` (its gates for the chosen alpha and threshold) to get
-per-image figures, and checked against the run's own numbers; so is every policy of the alpha
-curve and of both threshold baselines, for the paired standard error of LEENet's worst gap.
+Reported per arm (means over the seeds that ran it): each exit's test accuracy, LEENet's operating
+points, the training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same
+test images, for each pair in PAIRS over the seeds that ran both arms: McNemar's exact test on each
+exit and operating point's per-image correctness, a paired bootstrap interval of each accuracy and
+cost difference. The operating points are re-routed from each arm's ``model.pt`` (its gates for the
+chosen alpha and threshold) to get per-image figures, and checked against the run's own numbers; so
+is every policy of the alpha curve and of both threshold baselines, for the paired standard error of
+LEENet's worst gap.
 
-Seed 0 ran on 2026-12-06 (2-core Intel Xeon VM, about 100 minutes: the backbone 32, the arms 10-18
-each); every seed costs about the same. From the repository root::
+On the project's 2-core Intel Xeon VM a seed's backbone takes about 32 minutes and each arm 10 to 28
+(heads, fine-tune, gates, evaluation). From the repository root::
 
-    OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0      # then --seeds 0 1 2
+    OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0 1 2 --arms E F   # A always runs
+    OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0 1 2 --report     # every kept arm
 
 writes ``benchmarks/results/joint_training/study.json``, ``summary.md`` (the docs' tables) and
 ``tradeoff.png`` (runs under ``runs/joint_training/``; a finished run is reused). Each seed's figures
-are also kept in ``seeds/seed<k>.json`` and ``.npz`` there and read back instead of its runs, so
-the study can grow a seed at a time across machines (about 100 minutes each on 2 cores). ``--smoke`` checks
-the machinery in a minute or two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
+are also kept in ``seeds/seed<k>.json`` and ``.npz`` there and read back instead of its runs: an arm
+a seed lacks is run and added, so the study can grow an arm or a seed at a time across sessions and
+machines, and ``--report`` summarizes what is kept without running anything. ``--smoke`` checks the
+machinery in a minute or two on digits with tiny epochs, writing to ``runs/joint_training_smoke/``.
 """
 
 from __future__ import annotations
@@ -74,10 +78,12 @@ from leenet.policy.simulate import gate_probabilities, threshold_exits  # noqa: 
 
 # arm -> (mode, joint weighting, the backbone's share of the heads' learning rate)
 ARMS = {"A": ("frozen", "ramp", 0.1), "B": ("finetune", "ramp", 0.1), "C": ("joint", "ramp", 0.1),
-        "D": ("joint", "equilibrium", 0.1), "E": ("joint", "ramp", 0.02)}
+        "D": ("joint", "equilibrium", 0.1), "E": ("joint", "ramp", 0.02), "F": ("finetune", "ramp", 0.02)}
 NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium",
-         "E": "joint, SDN ramp, backbone lr x0.2"}
-PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"), ("E", "A"), ("E", "B"), ("E", "C"))
+         "E": "joint, SDN ramp, backbone lr x0.2", "F": "finetune, backbone lr x0.2"}
+CONTROL = {"C": "B", "D": "B", "E": "F"}  # joint arm -> the backbone fine-tuned alone at the same learning rate
+PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"), ("E", "A"), ("E", "B"), ("E", "C"),
+         ("F", "A"), ("E", "F"))
 POINTS = ("accuracy at <= 25% FLOPs", "accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
           "cost at <= 0.5 pt drop", "cost at <= 1 pt drop")
 BOOTSTRAP = 2000  # paired resamples of the test images
@@ -232,9 +238,14 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     return {"diff": float(diff.mean()), "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]}
 
 
-def paired(seeds: list[dict], first: str, second: str) -> dict:
-    """``first - second`` for every exit and operating point: per seed (bootstrap, McNemar) and mean over seeds."""
-    out = {}
+def paired(by_seed: dict[int, dict], first: str, second: str) -> dict | None:
+    """``first - second`` for every exit and operating point: per seed (bootstrap, McNemar) and mean over
+    the seeds that ran both arms (``by_seed``: seed -> arm -> per-image figures); None when no seed did."""
+    common_seeds = [k for k, arms in by_seed.items() if first in arms and second in arms]
+    if not common_seeds:
+        return None
+    seeds = [by_seed[k] for k in common_seeds]
+    out = {"seeds": common_seeds}
     names = [f"exit {i}" for i in range(len(seeds[0][first]["exits"]))]
     items = [(name, lambda s, arm, i=i: s[arm]["exits"][i], "correct") for i, name in enumerate(names)]
     common = set.intersection(*(set(s[first]["points"]) & set(s[second]["points"]) for s in seeds))
@@ -245,7 +256,7 @@ def paired(seeds: list[dict], first: str, second: str) -> dict:
         per_seed = []
         for k, s in enumerate(seeds):
             a, b = get(s, first), get(s, second)
-            row = paired_bootstrap(a, b, seed=k)
+            row = {"seed": common_seeds[k], **paired_bootstrap(a, b, seed=k)}
             if kind == "correct":
                 row["mcnemar_p"] = mcnemar(a, b)
             per_seed.append(row)
@@ -255,7 +266,7 @@ def paired(seeds: list[dict], first: str, second: str) -> dict:
 
 
 def arm_summary(arm_results: list[dict], arm_images: list[dict], seconds: list[float]) -> dict:
-    """One arm's means over seeds: exits, operating points, the fine-tune's choice, its training time."""
+    """One arm's means over its seeds: exits, operating points, the fine-tune's choice, its training time."""
     exits = np.array([[e["accuracy"] for e in r["exits"]] for r in arm_results])
     points = {}
     for name in POINTS:
@@ -274,12 +285,12 @@ def arm_summary(arm_results: list[dict], arm_images: list[dict], seconds: list[f
 
 
 def goals(arms: dict, pairs: dict) -> dict:
-    """Each arm's figures against the study's goals (means over seeds; "frozen backbone" is arm A's final exit)."""
-    frozen_final = arms["A"]["exit_accuracy"][-1]
+    """Each arm's figures against the study's goals (means over the arm's seeds; "frozen backbone" is arm
+    A's final exit on the same seeds)."""
     final = f"exit {len(arms['A']['exit_accuracy']) - 1}"
     out = {}
     for arm, row in arms.items():
-        points = row["operating_points"]
+        points, frozen_final = row["operating_points"], row["frozen_final_exit"]
 
         def figure(name: str, key: str, points=points) -> float | None:
             return points[name][key][0] if name in points else None
@@ -299,9 +310,10 @@ def goals(arms: dict, pairs: dict) -> dict:
                 [v["alpha_curve"]["area"] for v in row["versus_thresholds"]],
                 all(v["alpha_curve"]["holds"] for v in row["versus_thresholds"])],
         }
-    for arm in (a for a in arms if f"{a} - B" in pairs and ARMS[a][0] == "joint"):
-        diff = pairs[f"{arm} - B"][final]["mean_diff"]
-        out[arm]["final exit no worse than B's by more than 0.1 pt (paired)"] = [diff, diff >= -0.001]
+    for arm in (a for a in arms if f"{a} - {CONTROL.get(a)}" in pairs):
+        diff = pairs[f"{arm} - {CONTROL[arm]}"][final]["mean_diff"]
+        out[arm][f"final exit no worse than its control {CONTROL[arm]}'s by more than 0.1 pt (paired)"] = [
+            diff, diff >= -0.001]
     return out
 
 
@@ -311,7 +323,7 @@ def markdown(summary: dict) -> str:
     arms, pct = summary["arms"], (lambda v: "–" if v is None else f"{100 * v:.2f} %")
     exits = len(arms["A"]["exit_accuracy"])
     lines = ["| arm | " + " | ".join(f"exit {i}" for i in range(exits)) + " | " + " | ".join(POINTS)
-             + " | heads + fine-tune (s) | fine-tune kept |", "|---" * (exits + len(POINTS) + 3) + "|"]
+             + " | heads + fine-tune (s) | fine-tune kept | seeds |", "|---" * (exits + len(POINTS) + 4) + "|"]
     for arm, row in arms.items():
         points = row["operating_points"]
         cells = [pct(a) for a in row["exit_accuracy"]]
@@ -321,16 +333,17 @@ def markdown(summary: dict) -> str:
             cells.append("–" if value is None else f"{value:.3f}" if key == "cost" else pct(value))
         kept = ", ".join("–" if t is None else f"epoch {t['chosen_epoch']}" + (" (fell back)" if t["fell_back"] else "")
                          for t in row["fine_tune"])
-        lines.append(f"| {arm} {row['mode']} | " + " | ".join(cells) + f" | {row['training_seconds'][0]:.0f} | {kept} |")
-    lines += ["", "| difference (paired, test) | " + " | ".join(f"exit {i}" for i in range(exits)) + " |",
-              "|---" * (exits + 1) + "|"]
+        lines.append(f"| {arm} {row['mode']} | " + " | ".join(cells) + f" | {row['training_seconds'][0]:.0f} | {kept} |"
+                     f" {', '.join(map(str, row['seeds']))} |")
+    lines += ["", "| difference (paired, test) | " + " | ".join(f"exit {i}" for i in range(exits)) + " | seeds |",
+              "|---" * (exits + 2) + "|"]
     for pair, rows in summary["paired"].items():
         cells = []
         for i in range(exits):
             r = rows[f"exit {i}"]
             p = min(s.get("mcnemar_p", 1.0) for s in r["per_seed"])
             cells.append(f"{100 * r['mean_diff']:+.2f} pt (p {p:.2g})")
-        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pair} | " + " | ".join(cells) + f" | {', '.join(map(str, rows['seeds']))} |")
     lines += ["", "| arm | goal | figure | met |", "|---|---|---|---|"]
     for arm, goals_ in summary["goals"].items():
         for name, (value, ok) in goals_.items():
@@ -346,17 +359,21 @@ def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
 
 
 def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
-    """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (seed 0), its exits."""
+    """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (its first seed),
+    its exits; an arm whose fine-tune fell back is A's network, named in the title instead of drawn."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (arm, runs), colour in zip(per_arm.items(), ("tab:grey", "tab:blue", "tab:red", "tab:orange",
-                                                          "tab:green")):
-        first = runs[0]
+    same = [arm for arm, runs in per_arm.items() if (runs[0]["backbone"]["training"].get("fine_tune") or {}).get(
+        "fell_back")]
+    colours = dict(zip(ARMS, ("tab:grey", "tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")))
+    for arm, runs in ((a, r) for a, r in per_arm.items() if a not in same):
+        first, colour = runs[0], colours[arm]
         ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {NAMES[arm]}: LEENet")
         ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {NAMES[arm]}: max-softmax")
         ax.plot([e["cost"] for e in first["exits"]], [e["accuracy"] for e in first["exits"]], "s", color=colour, ms=5)
     ax.set_xlabel("mean cost (share of the backbone's FLOPs)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Frozen, fine-tuned alone, joint (seed 0; squares: single exits)")
+    kept_frozen = f"; {', '.join(same)} kept the frozen network (= A)" if same else ""
+    ax.set_title(f"Arms on their first seed (squares: single exits){kept_frozen}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -392,6 +409,11 @@ def save_seed(out: Path, seed: int, figures: dict) -> None:
     home = out / "seeds"
     home.mkdir(parents=True, exist_ok=True)
     arrays, arms = {}, {}
+    before = load_seed(out, seed, [])
+    if before is not None:  # keep the arms saved before that this call did not run
+        if before["backbone"]["accuracy"] != figures["backbone"]["accuracy"]:
+            raise RuntimeError(f"seed {seed}: the backbone's test accuracy differs from the kept arms' one")
+        figures = {"backbone": figures["backbone"], "arms": {**before["arms"], **figures["arms"]}}
     for arm, f in figures["arms"].items():
         arrays[f"{arm}/exits"] = f["images"]["exits"]
         for name, point in f["images"]["points"].items():
@@ -413,7 +435,7 @@ def load_seed(out: Path, seed: int, arms: list[str]) -> dict | None:
         return None
     arrays = np.load(out / "seeds" / f"seed{seed}.npz")
     figures = {"backbone": saved["backbone"], "arms": {}}
-    for arm in arms:
+    for arm in arms or list(saved["arms"]):
         a = saved["arms"][arm]
         points = {n: {"correct": arrays[f"{arm}/{n}/correct"], "cost": arrays[f"{arm}/{n}/cost"], "matches_run": m}
                   for n, m in a["matches_run"].items()}
@@ -422,12 +444,36 @@ def load_seed(out: Path, seed: int, arms: list[str]) -> dict | None:
     return figures
 
 
+def collect(setup: Setup, runs_dir: Path, out: Path, seeds: list[int], arms: list[str] | None) -> dict[int, dict]:
+    """Each seed's figures: those kept under ``out/seeds/`` read back, and ``arms`` missing there run now
+    (and kept); with ``arms`` None nothing runs and every kept arm is reported."""
+    figures = {}
+    for seed in seeds:
+        saved = load_seed(out, seed, [])
+        missing = [] if arms is None else [a for a in arms if saved is None or a not in saved["arms"]]
+        home = runs_dir / f"seed{seed}" / "backbone"
+        if missing and saved is not None and not (home / "results.json").is_file():
+            sys.exit(f"error: seed {seed}'s kept arms ({', '.join(saved['arms'])}) come from a backbone trained in "
+                     f"{home}, which is not there, and a new one would not pair with them: restore that folder, or "
+                     f"delete {out / 'seeds'}/seed{seed}.json and .npz to run the whole seed again")
+        if missing:
+            save_seed(out, seed, run_seed(setup, runs_dir, seed, missing))
+            saved = load_seed(out, seed, [])
+        if saved is not None:
+            wanted = saved["arms"] if arms is None else arms
+            figures[seed] = {"backbone": saved["backbone"], "arms": {a: saved["arms"][a] for a in wanted}}
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="digits, tiny epochs: check the machinery (~1 min)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
-                        help="the arms to run and report (A, the frozen reference, always)")
+                        help="the arms to run (where a seed's figures lack them) and report; A, the frozen "
+                             "reference, always")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: report every arm kept for the seeds, each over the seeds that ran it")
     parser.add_argument("--runs", type=Path, help="where the runs go (default runs/joint_training[_smoke])")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/joint_training, or the runs folder "
                                                  "with --smoke")
@@ -436,32 +482,32 @@ def main() -> None:
     runs_dir = args.runs or Path("runs/joint_training" + ("_smoke" if args.smoke else ""))
     out = args.out or (runs_dir if args.smoke else Path("benchmarks/results/joint_training"))
     start = time.perf_counter()
-    arms = [arm for arm in ARMS if arm in {*args.arms, "A"}]
-    per_arm = {arm: [] for arm in arms}
-    images = {arm: [] for arm in arms}
-    seconds = {arm: [] for arm in arms}
-    backbones = []
-    for seed in args.seeds:
-        saved = load_seed(out, seed, arms)
-        if saved is None:
-            saved = run_seed(setup, runs_dir, seed, arms)
-            save_seed(out, seed, saved)
-        backbones.append(saved["backbone"])
-        for arm in arms:
-            per_arm[arm].append(saved["arms"][arm]["results"])
-            seconds[arm].append(saved["arms"][arm]["seconds"])
-            images[arm].append(saved["arms"][arm]["images"])
-    by_seed = [{arm: images[arm][k] for arm in arms} for k in range(len(args.seeds))]
+    figures = collect(setup, runs_dir, out, args.seeds,
+                      None if args.report else [arm for arm in ARMS if arm in {*args.arms, "A"}])
+    if not figures:
+        sys.exit(f"error: no figures kept under {out / 'seeds'} for seeds {args.seeds}: run without --report first")
+    arms = [arm for arm in ARMS if any(arm in f["arms"] for f in figures.values())]
+    seeds_of = {arm: [k for k, f in figures.items() if arm in f["arms"]] for arm in arms}
+    per_arm = {arm: [figures[k]["arms"][arm]["results"] for k in seeds_of[arm]] for arm in arms}
+
+    def summary_of(arm: str) -> dict:
+        got = [figures[k]["arms"][arm] for k in seeds_of[arm]]
+        frozen = [figures[k]["arms"]["A"]["results"]["exits"][-1]["accuracy"] for k in seeds_of[arm]]
+        return {"mode": NAMES[arm], "seeds": seeds_of[arm], "frozen_final_exit": float(np.mean(frozen)),
+                **arm_summary([g["results"] for g in got], [g["images"] for g in got], [g["seconds"] for g in got])}
+
+    by_seed = {k: {arm: f["images"] for arm, f in figures[k]["arms"].items()} for k in figures}
+    pairs = {f"{a} - {b}": paired(by_seed, a, b) for a, b in PAIRS if a in arms and b in arms}
     summary = {
         "question": "does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient equilibrium, E: C "
                     "at a fifth of the backbone learning rate) beat the frozen network (A) and the backbone "
-                    "fine-tuned alone (B)?",
+                    "fine-tuned alone at the same rate (B for C and D, F for E)?",
         "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs,
-                  "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": args.seeds,
+                  "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": sorted(figures),
                   "smoke": args.smoke, "bootstrap": BOOTSTRAP},
-        "backbones": backbones,
-        "arms": {arm: {"mode": NAMES[arm], **arm_summary(per_arm[arm], images[arm], seconds[arm])} for arm in arms},
-        "paired": {f"{a} - {b}": paired(by_seed, a, b) for a, b in PAIRS if a in arms and b in arms},
+        "backbones": [figures[k]["backbone"] for k in sorted(figures)],
+        "arms": {arm: summary_of(arm) for arm in arms},
+        "paired": {name: rows for name, rows in pairs.items() if rows is not None},
         "frozen_backbone_test_accuracy": "arm A's final exit (the backbone every arm starts from)",
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -473,7 +519,7 @@ def main() -> None:
     plot(per_arm, out / "tradeoff.png")
     for arm, row in summary["arms"].items():
         print(f"{arm} {row['mode']:27s} exits {' / '.join(f'{100 * a:.2f}' for a in row['exit_accuracy'])} %, "
-              f"heads + fine-tune {row['training_seconds'][0]:.0f} s")
+              f"heads + fine-tune {row['training_seconds'][0]:.0f} s, seeds {row['seeds']}")
     (out / "summary.md").write_text(markdown(summary))
     for arm, row in summary["goals"].items():
         print(f"{arm} goals: " + "; ".join(f"{name}: {'met' if ok else 'not met'}" for name, (_, ok) in row.items()))

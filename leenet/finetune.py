@@ -202,7 +202,7 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 def finetune_backbone(
     net: ExitNet, batches: Batches, calib: Batches, *, steps_per_epoch: int, epochs: int, joint: bool,
-    lr: float = 2e-3, backbone_lr_scale: float = 0.1, distill: float = 0.0, temperature: float = 3.0,
+    lr: float = 2e-3, backbone_lr_scale: float = 0.02, distill: float = 0.0, temperature: float = 3.0,
     weighting: str = "ramp", device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
     checkpoint: EpochCheckpoint | None = None, procs: Processes | None = None,
     log: Callable[[str], None] | None = None,

@@ -23,6 +23,8 @@ FORMAT = "leenet.stage"
 VERSION = 1
 # settings that do not change what a run computes: they may differ between a run and its resumption
 UNCHANGING = {"out", "overwrite", "timing", "progress", "data.download"}
+# the backbone fine-tune's own settings: moot when neither the run nor its resumption fine-tunes
+FINETUNE_ONLY = {"train.finetune_epochs", "train.backbone_lr_scale", "train.joint_weighting"}
 
 
 def atomic_save(payload: dict, path: Path) -> None:
@@ -46,13 +48,17 @@ def differences(saved: dict, asked: dict, defaults: dict | None = None) -> list[
     """``"key: A there, B here"`` for each setting of ``asked`` that changes the result and differs.
 
     A setting ``saved`` lacks (its run was started by a version without it) does not differ when
-    ``asked`` holds its value in ``defaults``: the default is what that version computed.
+    ``asked`` holds its value in ``defaults``: the default is what that version computed. The
+    fine-tune's settings do not count when both keep the backbone frozen.
     """
     found = []
     missing = object()
+    asked = as_json(asked)
+    frozen = all(c.get("train", {}).get("backbone_training", "frozen") == "frozen" for c in (saved, asked))
+    skipped = UNCHANGING | (FINETUNE_ONLY if frozen else set())
 
     def walk(a, b, default, key: str) -> None:
-        if key in UNCHANGING:
+        if key in skipped:
             return
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
@@ -64,7 +70,7 @@ def differences(saved: dict, asked: dict, defaults: dict | None = None) -> list[
         elif a != b:
             found.append(f"{key}: {a} there, {b} here")
 
-    walk(saved, as_json(asked), as_json(defaults or {}), "")
+    walk(saved, asked, as_json(defaults or {}), "")
     return found
 
 

@@ -35,18 +35,55 @@ def test_paired_bootstrap_centres_on_the_mean_difference_and_narrows_with_agreem
     assert same == {"diff": 0.0, "ci95": [0.0, 0.0]}, "identical arms: no difference at all"
 
 
-@pytest.mark.slow  # 10 digits runs, about a minute
+def _images(rng: np.random.Generator, n: int = 400) -> dict:
+    point = {"correct": rng.random(n) < 0.8, "cost": rng.random(n)}
+    return {"exits": rng.random((3, n)) < 0.8, "points": {study.POINTS[0]: point}}
+
+
+def test_pairs_are_taken_over_the_seeds_that_ran_both_arms() -> None:
+    rng = np.random.default_rng(1)
+    by_seed = {0: {"A": _images(rng), "E": _images(rng)}, 1: {"A": _images(rng)}, 2: {"A": _images(rng), "E": _images(rng)}}
+    rows = study.paired(by_seed, "E", "A")
+    assert rows["seeds"] == [0, 2]
+    exit0 = rows["exit 0"]
+    assert [r["seed"] for r in exit0["per_seed"]] == [0, 2]
+    expected = [by_seed[k]["E"]["exits"][0].mean() - by_seed[k]["A"]["exits"][0].mean() for k in (0, 2)]
+    assert [r["diff"] for r in exit0["per_seed"]] == pytest.approx(expected)
+    assert exit0["mean_diff"] == pytest.approx(np.mean(expected))
+    cost = {arm: by_seed[2][arm]["points"][study.POINTS[0]]["cost"].mean() for arm in "EA"}
+    assert rows[f"{study.POINTS[0]} (cost)"]["per_seed"][1]["diff"] == pytest.approx(cost["E"] - cost["A"])
+    assert study.paired(by_seed, "F", "A") is None, "no seed ran F"
+
+
+def test_every_joint_arm_has_a_control_fine_tuned_alone_at_its_learning_rate() -> None:
+    for joint, control in study.CONTROL.items():
+        assert study.ARMS[joint][0] == "joint" and study.ARMS[control][0] == "finetune"
+        assert study.ARMS[joint][2] == study.ARMS[control][2], (joint, control)
+        assert (joint, control) in study.PAIRS
+    assert {a for a, (mode, _, _) in study.ARMS.items() if mode == "joint"} == set(study.CONTROL)
+
+
+@pytest.mark.slow  # 14 digits runs, about two minutes
 def test_the_smoke_study_runs_and_pairs_the_arms(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_training.py"), "--smoke", "--seeds", "0",
                            "1", "--runs", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "study.json").read_text())
     assert (tmp_path / "tradeoff.png").is_file() and results["setup"]["seeds"] == [0, 1]
     for arm, row in results["arms"].items():
         assert row["rerouted_match_runs"], arm
         assert (row["fine_tune"][0] is None) == (arm == "A")
-    for arm in ("C", "D"):  # every fine-tune starts from the same backbone
+    for arm in "CDEF":  # every fine-tune starts from the same backbone
         assert [t["final_accuracy"][0] for t in results["arms"][arm]["fine_tune"]] == \
             [t["final_accuracy"][0] for t in results["arms"]["B"]["fine_tune"]]
-    assert set(results["paired"]) == {"B - A", "C - A", "C - B", "D - A", "D - B", "D - C"}
+    assert set(results["paired"]) == {f"{a} - {b}" for a, b in study.PAIRS}
     assert len(results["paired"]["C - A"]["exit 0"]["per_seed"]) == 2
+    # the seeds' figures are kept: a report from them alone runs nothing and gives the same study
+    (tmp_path / "study.json").rename(tmp_path / "first.json")
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "joint_training.py"), "--smoke", "--seeds", "0",
+                            "1", "--runs", str(tmp_path / "absent"), "--out", str(tmp_path), "--report"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (tmp_path / "absent").exists()
+    reported = json.loads((tmp_path / "study.json").read_text())
+    assert reported["arms"] == results["arms"] and reported["paired"] == results["paired"]

@@ -101,6 +101,20 @@ def test_a_setting_an_older_version_did_not_write_counts_only_when_asked_away_fr
     assert differences(as_json(defaults), joint, defaults) == ["train.backbone_training: frozen there, joint here"]
 
 
+def test_the_fine_tunes_settings_count_only_when_a_run_fine_tunes() -> None:
+    def config(**train) -> dict:
+        return RunConfig(train=TrainConfig(**train)).to_dict()
+
+    saved = as_json(config(backbone_lr_scale=0.1, finetune_epochs=3))  # a frozen run: neither was used
+    assert differences(saved, config()) == []
+    assert differences(saved, config(epochs=7)) == ["train.epochs: None there, 7 here"]
+    joint = as_json(config(backbone_training="joint", backbone_lr_scale=0.1))
+    assert differences(joint, config(backbone_training="joint", backbone_lr_scale=0.1)) == []
+    assert differences(joint, config(backbone_training="joint", backbone_lr_scale=0.02)) == [
+        "train.backbone_lr_scale: 0.1 there, 0.02 here"]
+    assert differences(joint, config(backbone_lr_scale=0.1)) == ["train.backbone_training: joint there, frozen here"]
+
+
 def test_an_interrupted_run_is_not_started_over_by_accident(tmp_path: Path, capsys) -> None:
     out = tmp_path / "interrupted"
     (out / "stages").mkdir(parents=True)
