@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from leenet.config import JOINT_WEIGHTINGS
+from leenet.config import JOINT_WEIGHTINGS, TrainConfig
 from leenet.distributed import Processes, broadcast, data_parallel, sum_over_ranks, sync_from_main
 from leenet.errors import LeenetError
 from leenet.nn.model import ExitNet
@@ -202,7 +202,8 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 def finetune_backbone(
     net: ExitNet, batches: Batches, calib: Batches, *, steps_per_epoch: int, epochs: int, joint: bool,
-    lr: float = 2e-3, backbone_lr_scale: float = 0.02, distill: float = 0.0, temperature: float = 3.0,
+    lr: float = 2e-3, backbone_lr_scale: float = TrainConfig.backbone_lr_scale, distill: float = 0.0,
+    temperature: float = 3.0,
     weighting: str = "ramp", device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
     checkpoint: EpochCheckpoint | None = None, procs: Processes | None = None,
     log: Callable[[str], None] | None = None,
