@@ -381,12 +381,17 @@ def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def backbone_dir(runs_dir: Path, seed: int) -> Path:
+    """Where a seed's backbone run lives: every arm of the seed starts from its ``model.pt``."""
+    return runs_dir / f"seed{seed}" / "backbone"
+
+
 def run_seed(setup: Setup, runs_dir: Path, seed: int, arms: list[str]) -> dict:
     """One seed: its backbone and arms, trained now unless their runs finished before, and each
     arm's per-image figures on the test split."""
     def log(message: str) -> None:
         print(f"[seed {seed}] {message}", file=sys.stderr, flush=True)
-    home = runs_dir / f"seed{seed}" / "backbone"
+    home = backbone_dir(runs_dir, seed)
     backbone, backbone_seconds = finished(home, config(setup, seed, home), log)
     splits = load_dataset(setup.dataset, calib_size=int(setup.calib_size) if setup.calib_size >= 1
                           else setup.calib_size, seed=seed)
@@ -403,13 +408,13 @@ def run_seed(setup: Setup, runs_dir: Path, seed: int, arms: list[str]) -> dict:
 SAVED_RESULTS = ("exits", "operating_points", "policies", "timings", "backbone", "versus_thresholds")
 
 
-def save_seed(out: Path, seed: int, figures: dict) -> None:
+def save_seed(out: Path, seed: int, figures: dict, before: dict | None = None) -> None:
     """Keep one seed's figures under ``out/seeds/`` (JSON and the per-image arrays), so that the
-    study can grow a seed at a time without the seed's runs."""
+    study can grow a seed at a time without the seed's runs; ``before``, the seed's figures kept
+    earlier (as :func:`load_seed` read them), keeps the arms this call did not run."""
     home = out / "seeds"
     home.mkdir(parents=True, exist_ok=True)
     arrays, arms = {}, {}
-    before = load_seed(out, seed, [])
     if before is not None:  # keep the arms saved before that this call did not run
         if before["backbone"]["accuracy"] != figures["backbone"]["accuracy"]:
             raise RuntimeError(f"seed {seed}: the backbone's test accuracy differs from the kept arms' one")
@@ -451,13 +456,13 @@ def collect(setup: Setup, runs_dir: Path, out: Path, seeds: list[int], arms: lis
     for seed in seeds:
         saved = load_seed(out, seed, [])
         missing = [] if arms is None else [a for a in arms if saved is None or a not in saved["arms"]]
-        home = runs_dir / f"seed{seed}" / "backbone"
+        home = backbone_dir(runs_dir, seed)
         if missing and saved is not None and not (home / "results.json").is_file():
             sys.exit(f"error: seed {seed}'s kept arms ({', '.join(saved['arms'])}) come from a backbone trained in "
                      f"{home}, which is not there, and a new one would not pair with them: restore that folder, or "
                      f"delete {out / 'seeds'}/seed{seed}.json and .npz to run the whole seed again")
         if missing:
-            save_seed(out, seed, run_seed(setup, runs_dir, seed, missing))
+            save_seed(out, seed, run_seed(setup, runs_dir, seed, missing), before=saved)
             saved = load_seed(out, seed, [])
         if saved is not None:
             wanted = saved["arms"] if arms is None else arms
