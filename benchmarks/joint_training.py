@@ -1,6 +1,6 @@
 """Does training the backbone with its exits move the frontier, or is a gain just more training?
 
-Six arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
+Arms of ``leenet run`` that differ in how the backbone is trained after its exits are fitted,
 on the same seeds, splits, trained backbone, heads' initialization and test images: **A** ``frozen``
 (today), **B** ``finetune`` (the backbone fine-tuned alone, then the heads fitted frozen: the
 control, as much extra training as C), **C** ``joint`` (the backbone fine-tuned with its fitted
@@ -8,9 +8,11 @@ heads, the early exits' weights ramped up as SDN does), **D** ``joint`` with IMT
 equilibrium instead of the ramp (``TrainConfig.joint_weighting``), **E** C with the backbone at a
 fifth of C's learning rate (``backbone_lr_scale`` 0.02, since C's first epoch costs the final exit
 most) and **F** B at E's rate, E's control (CONTROL pairs each joint arm with the fine-tune alone at
-its learning rate). Per seed the backbone is trained once by a ``leenet run`` at the dataset's
-recipe, and each arm starts from its ``model.pt`` (``--weights``, ``--epochs 0``) with the
-fine-tune at a quarter of the backbone's epochs.
+its learning rate); **G**, asked for by name, is E for the backbone's full epochs instead of a
+quarter, without a control (EXPLORATORY): how far a longer fine-tune goes, not a claim. Per seed the
+backbone is trained once by a ``leenet run`` at the dataset's recipe, and each arm starts from its
+``model.pt`` (``--weights``, ``--epochs 0``) with the fine-tune at a quarter of the backbone's
+epochs (G: all of them).
 
 Reported per arm (means over the seeds that ran it): each exit's test accuracy, LEENet's operating
 points, the training time of the arm (heads + fine-tune; the backbone is shared). Paired on the same
@@ -22,9 +24,10 @@ is every policy of the alpha curve and of both threshold baselines, for the pair
 LEENet's worst gap.
 
 On the project's 2-core Intel Xeon VM a seed's backbone takes about 32 minutes and each arm 10 to 28
-(heads, fine-tune, gates, evaluation). From the repository root::
+(heads, fine-tune, gates, evaluation; G about an hour). From the repository root::
 
     OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0 1 2 --arms E F   # A always runs
+    OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 1 --arms G         # the longer fine-tune
     OMP_NUM_THREADS=2 python benchmarks/joint_training.py --seeds 0 1 2 --report     # every kept arm
 
 writes ``benchmarks/results/joint_training/study.json``, ``summary.md`` (the docs' tables) and
@@ -76,18 +79,26 @@ from leenet import (  # noqa: E402
 from leenet.evaluate.compare import BASELINES, GAP_TOL, paired_stderr  # noqa: E402
 from leenet.policy.simulate import gate_probabilities, threshold_exits  # noqa: E402
 
-# arm -> (mode, joint weighting, the backbone's share of the heads' learning rate)
-ARMS = {"A": ("frozen", "ramp", 0.1), "B": ("finetune", "ramp", 0.1), "C": ("joint", "ramp", 0.1),
-        "D": ("joint", "equilibrium", 0.1), "E": ("joint", "ramp", 0.02), "F": ("finetune", "ramp", 0.02)}
+FINETUNE_SHARE = 0.25  # of the backbone's epochs (the library's default)
+# arm -> (mode, joint weighting, the backbone's share of the heads' learning rate, the fine-tune's share of the
+# backbone's epochs)
+ARMS = {"A": ("frozen", "ramp", 0.1, FINETUNE_SHARE), "B": ("finetune", "ramp", 0.1, FINETUNE_SHARE),
+        "C": ("joint", "ramp", 0.1, FINETUNE_SHARE), "D": ("joint", "equilibrium", 0.1, FINETUNE_SHARE),
+        "E": ("joint", "ramp", 0.02, FINETUNE_SHARE), "F": ("finetune", "ramp", 0.02, FINETUNE_SHARE),
+        "G": ("joint", "ramp", 0.02, 1.0)}
 NAMES = {"A": "frozen", "B": "finetune", "C": "joint, SDN ramp", "D": "joint, gradient equilibrium",
-         "E": "joint, SDN ramp, backbone lr x0.2", "F": "finetune, backbone lr x0.2"}
+         "E": "joint, SDN ramp, backbone lr x0.2", "F": "finetune, backbone lr x0.2",
+         "G": "E for the backbone's full epochs"}
 CONTROL = {"C": "B", "D": "B", "E": "F"}  # joint arm -> the backbone fine-tuned alone at the same learning rate
+# joint arms run without a control, to see how far a setting goes, not to claim a gain: G, E four times as long
+# (its control, F as long, would be another hour a seed on the project's VM)
+EXPLORATORY = {"G"}
+DEFAULT_ARMS = [arm for arm in ARMS if arm not in EXPLORATORY]
 PAIRS = (("B", "A"), ("C", "A"), ("C", "B"), ("D", "A"), ("D", "B"), ("D", "C"), ("E", "A"), ("E", "B"), ("E", "C"),
-         ("F", "A"), ("E", "F"))
+         ("F", "A"), ("E", "F"), ("G", "A"), ("G", "E"))
 POINTS = ("accuracy at <= 25% FLOPs", "accuracy at <= 50% FLOPs", "accuracy at <= 75% FLOPs",
           "cost at <= 0.5 pt drop", "cost at <= 1 pt drop")
 BOOTSTRAP = 2000  # paired resamples of the test images
-FINETUNE_SHARE = 0.25  # of the backbone's epochs (the library's default)
 KEPT = ("chosen_epoch", "fell_back", "final_accuracy", "early_accuracy", "message")  # of each fine-tune's record
 
 
@@ -102,9 +113,8 @@ class Setup:
     alphas: tuple[float, ...] | None = None  # None: the library's sweep
     gates: GateTrainConfig | None = None  # None: the dataset's default
 
-    @property
-    def finetune_epochs(self) -> int:
-        return max(1, round(FINETUNE_SHARE * self.epochs))
+    def finetune_epochs(self, share: float = FINETUNE_SHARE) -> int:
+        return max(1, round(share * self.epochs))
 
 
 FULL = Setup("fashion-mnist", 24, CALIB_SIZE)  # the dataset defaults: small_resnet, deep heads, predict gates
@@ -121,9 +131,9 @@ def config(setup: Setup, seed: int, out: Path, arm: str = "A", weights: Path | N
     if weights is None:
         train = TrainConfig(epochs=setup.epochs, head_epochs=0, gates=BACKBONE_ONLY)
     else:
-        mode, weighting, lr_scale = ARMS[arm]
+        mode, weighting, lr_scale, share = ARMS[arm]
         train = TrainConfig(epochs=0, head_epochs=setup.head_epochs, gates=setup.gates, backbone_training=mode,
-                            finetune_epochs=setup.finetune_epochs, joint_weighting=weighting,
+                            finetune_epochs=setup.finetune_epochs(share), joint_weighting=weighting,
                             backbone_lr_scale=lr_scale)
     alphas = (0.0,) if weights is None else setup.alphas
     return RunConfig(data=DataConfig(dataset=setup.dataset, calib_size=setup.calib_size),
@@ -358,22 +368,27 @@ def curve(results: dict, method: str) -> tuple[list[float], list[float]]:
     return [c for c, _ in points], [a for _, a in points]
 
 
-def plot(per_arm: dict[str, list[dict]], path: Path) -> None:
-    """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds (its first seed),
-    its exits; an arm whose fine-tune fell back is A's network, named in the title instead of drawn."""
+def plot(per_arm: dict[str, dict[int, dict]], path: Path) -> None:
+    """Accuracy against cost on test: each arm's LEENet sweep and max-softmax thresholds, its exits, on
+    the first seed every drawn arm ran (each arm's first seed where there is none); an arm whose
+    fine-tune fell back is A's network, named in the title instead of drawn."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    same = [arm for arm, runs in per_arm.items() if (runs[0]["backbone"]["training"].get("fine_tune") or {}).get(
-        "fell_back")]
-    colours = dict(zip(ARMS, ("tab:grey", "tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")))
-    for arm, runs in ((a, r) for a, r in per_arm.items() if a not in same):
-        first, colour = runs[0], colours[arm]
+    same = [arm for arm, runs in per_arm.items() if (runs[min(runs)]["backbone"]["training"].get("fine_tune")
+                                                     or {}).get("fell_back")]
+    drawn = {arm: runs for arm, runs in per_arm.items() if arm not in same}
+    common = sorted(set.intersection(*(set(runs) for runs in drawn.values()))) if drawn else []
+    colours = dict(zip(ARMS, ("tab:grey", "tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple",
+                                  "tab:brown")))
+    for arm, runs in drawn.items():
+        first, colour = runs[common[0] if common else min(runs)], colours[arm]
         ax.plot(*curve(first, "leenet"), "-o", ms=3, color=colour, label=f"{arm} {NAMES[arm]}: LEENet")
         ax.plot(*curve(first, "max_softmax"), ":", color=colour, label=f"{arm} {NAMES[arm]}: max-softmax")
         ax.plot([e["cost"] for e in first["exits"]], [e["accuracy"] for e in first["exits"]], "s", color=colour, ms=5)
     ax.set_xlabel("mean cost (share of the backbone's FLOPs)")
     ax.set_ylabel("test accuracy")
     kept_frozen = f"; {', '.join(same)} kept the frozen network (= A)" if same else ""
-    ax.set_title(f"Arms on their first seed (squares: single exits){kept_frozen}", fontsize=9)
+    on = f"seed {common[0]}" if common else "their first seed"
+    ax.set_title(f"Arms on {on} (squares: single exits){kept_frozen}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -474,9 +489,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="digits, tiny epochs: check the machinery (~1 min)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS),
                         help="the arms to run (where a seed's figures lack them) and report; A, the frozen "
-                             "reference, always")
+                             "reference, always (default: A to F; G, E for the backbone's full epochs, is asked "
+                             "for by name)")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: report every arm kept for the seeds, each over the seeds that ran it")
     parser.add_argument("--runs", type=Path, help="where the runs go (default runs/joint_training[_smoke])")
@@ -493,7 +509,7 @@ def main() -> None:
         sys.exit(f"error: no figures kept under {out / 'seeds'} for seeds {args.seeds}: run without --report first")
     arms = [arm for arm in ARMS if any(arm in f["arms"] for f in figures.values())]
     seeds_of = {arm: [k for k, f in figures.items() if arm in f["arms"]] for arm in arms}
-    per_arm = {arm: [figures[k]["arms"][arm]["results"] for k in seeds_of[arm]] for arm in arms}
+    per_arm = {arm: {k: figures[k]["arms"][arm]["results"] for k in seeds_of[arm]} for arm in arms}
 
     def summary_of(arm: str) -> dict:
         got = [figures[k]["arms"][arm] for k in seeds_of[arm]]
@@ -507,7 +523,7 @@ def main() -> None:
         "question": "does fine-tuning the backbone with its exits (C: SDN ramp, D: gradient equilibrium, E: C "
                     "at a fifth of the backbone learning rate) beat the frozen network (A) and the backbone "
                     "fine-tuned alone at the same rate (B for C and D, F for E)?",
-        "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs,
+        "setup": {"dataset": setup.dataset, "backbone_epochs": setup.epochs, "finetune_epochs": setup.finetune_epochs(),
                   "calib_size": setup.calib_size, "head_epochs": setup.head_epochs, "seeds": sorted(figures),
                   "smoke": args.smoke, "bootstrap": BOOTSTRAP},
         "backbones": [figures[k]["backbone"] for k in sorted(figures)],

@@ -131,12 +131,12 @@ def add_run(sub) -> None:
                    help="softening temperature of --distill (default: %(default)s)")
     t.add_argument("--backbone-training", choices=BACKBONE_TRAINING, default="frozen",
                    help="after the heads are fitted: frozen (default) never changes the backbone; joint fine-tunes it "
-                        "with its heads (exit losses summed, early weights ramped up; the backbone at a tenth of the "
-                        "heads' learning rate; a quarter of the backbone's epochs), keeping on calibration the epoch "
-                        "with the best early exits of those whose final exit lost <= 0.1 pt (the frozen network if "
-                        "none beats it): better early exits if you can change your model; finetune tunes the backbone "
-                        "alone the same way, then fits the heads frozen: the control that tells joint's gain from "
-                        "more training")
+                        "with its heads (exit losses summed, early weights ramped up; the backbone at a small share "
+                        "of the heads' learning rate, --backbone-lr-scale; a quarter of its epochs, --finetune-epochs), "
+                        "keeping on calibration the epoch with the best early exits of those whose final exit lost "
+                        "<= 0.1 pt (the frozen network if none beats it): better early exits if you can change your "
+                        "model; finetune tunes the backbone alone the same way, then fits the heads frozen: the "
+                        "control that tells joint's gain from more training")
     t.add_argument("--finetune-epochs", type=float, default=TrainConfig.finetune_epochs, metavar="N",
                    help="length of --backbone-training finetune/joint: a fraction below 1 of the backbone's epochs "
                         "(of the dataset's default with --weights) or a whole number of epochs (default: %(default)s)")

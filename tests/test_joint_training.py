@@ -58,9 +58,11 @@ def test_pairs_are_taken_over_the_seeds_that_ran_both_arms() -> None:
 def test_every_joint_arm_has_a_control_fine_tuned_alone_at_its_learning_rate() -> None:
     for joint, control in study.CONTROL.items():
         assert study.ARMS[joint][0] == "joint" and study.ARMS[control][0] == "finetune"
-        assert study.ARMS[joint][2] == study.ARMS[control][2], (joint, control)
+        assert study.ARMS[joint][2:] == study.ARMS[control][2:], (joint, control)  # learning rate and length
         assert (joint, control) in study.PAIRS
-    assert {a for a, (mode, _, _) in study.ARMS.items() if mode == "joint"} == set(study.CONTROL)
+    joint_arms = {a for a, (mode, *_) in study.ARMS.items() if mode == "joint"}
+    assert joint_arms == set(study.CONTROL) | study.EXPLORATORY and not set(study.CONTROL) & study.EXPLORATORY
+    assert not study.EXPLORATORY & set(study.DEFAULT_ARMS), "an arm without a control is asked for by name"
 
 
 @pytest.mark.slow  # 14 digits runs, about two minutes
@@ -76,7 +78,7 @@ def test_the_smoke_study_runs_and_pairs_the_arms(tmp_path: Path) -> None:
     for arm in "CDEF":  # every fine-tune starts from the same backbone
         assert [t["final_accuracy"][0] for t in results["arms"][arm]["fine_tune"]] == \
             [t["final_accuracy"][0] for t in results["arms"]["B"]["fine_tune"]]
-    assert set(results["paired"]) == {f"{a} - {b}" for a, b in study.PAIRS}
+    assert set(results["paired"]) == {f"{a} - {b}" for a, b in study.PAIRS if {a, b} <= set(study.DEFAULT_ARMS)}
     assert len(results["paired"]["C - A"]["exit 0"]["per_seed"]) == 2
     # the seeds' figures are kept: a report from them alone runs nothing and gives the same study
     (tmp_path / "study.json").rename(tmp_path / "first.json")
