@@ -445,18 +445,15 @@ def save_seed(out: Path, seed: int, figures: dict, before: dict | None = None) -
     (home / f"seed{seed}.json").write_text(json.dumps({"backbone": figures["backbone"], "arms": arms}) + "\n")
 
 
-def load_seed(out: Path, seed: int, arms: list[str]) -> dict | None:
-    """A seed's figures as :func:`save_seed` kept them, or None when they are not there for every arm."""
+def load_seed(out: Path, seed: int) -> dict | None:
+    """A seed's figures, every arm, as :func:`save_seed` kept them, or None when none are kept."""
     path = out / "seeds" / f"seed{seed}.json"
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if not set(arms) <= set(saved["arms"]):
-        return None
     arrays = np.load(out / "seeds" / f"seed{seed}.npz")
     figures = {"backbone": saved["backbone"], "arms": {}}
-    for arm in arms or list(saved["arms"]):
-        a = saved["arms"][arm]
+    for arm, a in saved["arms"].items():
         points = {n: {"correct": arrays[f"{arm}/{n}/correct"], "cost": arrays[f"{arm}/{n}/cost"], "matches_run": m}
                   for n, m in a["matches_run"].items()}
         figures["arms"][arm] = {"results": a["results"], "seconds": a["seconds"], "images": {
@@ -469,7 +466,7 @@ def collect(setup: Setup, runs_dir: Path, out: Path, seeds: list[int], arms: lis
     (and kept); with ``arms`` None nothing runs and every kept arm is reported."""
     figures = {}
     for seed in seeds:
-        saved = load_seed(out, seed, [])
+        saved = load_seed(out, seed)
         missing = [] if arms is None else [a for a in arms if saved is None or a not in saved["arms"]]
         home = backbone_dir(runs_dir, seed)
         if missing and saved is not None and not (home / "results.json").is_file():
@@ -478,7 +475,7 @@ def collect(setup: Setup, runs_dir: Path, out: Path, seeds: list[int], arms: lis
                      f"delete {out / 'seeds'}/seed{seed}.json and .npz to run the whole seed again")
         if missing:
             save_seed(out, seed, run_seed(setup, runs_dir, seed, missing), before=saved)
-            saved = load_seed(out, seed, [])
+            saved = load_seed(out, seed)
         if saved is not None:
             wanted = saved["arms"] if arms is None else arms
             figures[seed] = {"backbone": saved["backbone"], "arms": {a: saved["arms"][a] for a in wanted}}
